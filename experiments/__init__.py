@@ -1,0 +1,1 @@
+"""Experiments: thin configurations run by make targets (python -m experiments.<name>)."""

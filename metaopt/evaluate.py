@@ -1,0 +1,118 @@
+"""Loss curves over held-out problems -> ``summary.json`` (DESIGN.md section 6) and plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import subprocess
+from typing import Any, Callable, Mapping
+
+import jax
+import numpy as np
+
+from metaopt.checkpoint import atomic_write_bytes
+
+
+def summarize_curves(curves: Any, hyperparameters: Mapping[str, Any]) -> dict:
+  """Mean and standard error of the mean of loss curves, per step.
+
+  Args:
+    curves: array (num_problems, steps + 1) of losses (step 0 = initial loss).
+    hyperparameters: recorded as is (e.g. ``{"learning_rate": 0.01}``).
+
+  Returns:
+    The per-optimizer entry of the summary schema.
+  """
+  curves = np.asarray(curves, np.float64)
+  n = curves.shape[0]
+  mean = curves.mean(axis=0)
+  sem = curves.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros_like(mean)
+  clean = lambda xs: [float(x) if np.isfinite(x) else None for x in xs]
+  return {
+      "hyperparameters": dict(hyperparameters),
+      "loss_mean": clean(mean),
+      "loss_sem": clean(sem),
+      "final_loss_mean": clean(mean[-1:])[0],
+      "final_loss_sem": clean(sem[-1:])[0],
+  }
+
+
+def git_commit() -> str:
+  """The current git commit of the working directory, or "unknown"."""
+  try:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                         timeout=10, cwd=pathlib.Path(__file__).parent)
+    return out.stdout.strip() or "unknown"
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+
+
+def make_summary(experiment: str, variants: Mapping[str, dict], meta_train_seconds: float,
+                 eval_seconds: float, **extra: Any) -> dict:
+  """Assemble the summary dict shared by all experiments (DESIGN.md section 6)."""
+  return {
+      "experiment": experiment,
+      "commit": git_commit(),
+      "device": jax.devices()[0].platform,
+      "device_kind": jax.devices()[0].device_kind,
+      "jax_version": jax.__version__,
+      "python": platform.python_version(),
+      "meta_train_seconds": float(meta_train_seconds),
+      "eval_seconds": float(eval_seconds),
+      **extra,
+      "variants": dict(variants),
+  }
+
+
+def write_summary(path: str | os.PathLike, summary: dict) -> None:
+  """Write ``summary`` as indented JSON, atomically."""
+  atomic_write_bytes(path, (json.dumps(summary, indent=1) + "\n").encode())
+
+
+def format_table(summary: dict) -> str:
+  """A plain-text table: final mean loss +- sem per optimizer and variant, best first."""
+  lines = []
+  for variant, v in summary["variants"].items():
+    lines.append(f"[{variant}] loss at step {v['steps']} over {v['num_test_problems']} test problems")
+    rows = sorted(v["optimizers"].items(),
+                  key=lambda kv: np.inf if kv[1]["final_loss_mean"] is None
+                  else kv[1]["final_loss_mean"])
+    for name, o in rows:
+      hp = ", ".join(f"{k}={val:.3g}" for k, val in o["hyperparameters"].items()
+                     if isinstance(val, (int, float)))
+      mean, sem = o["final_loss_mean"], o["final_loss_sem"]
+      value = "diverged" if mean is None else f"{mean:.4g} +- {sem:.2g}"
+      lines.append(f"  {name:<12} {value:<22} {hp}")
+  return "\n".join(lines)
+
+
+def plot_curves(summary: dict, path: str | os.PathLike,
+                title: Callable[[str], str] = lambda variant: variant) -> None:
+  """Loss vs step on a log axis, one line per optimizer, one panel per variant."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  variants = summary["variants"]
+  fig, axes = plt.subplots(1, len(variants), figsize=(5 * len(variants), 4), squeeze=False)
+  for ax, (variant, v) in zip(axes[0], variants.items()):
+    for name, o in v["optimizers"].items():
+      mean = np.array([np.nan if x is None else x for x in o["loss_mean"]])
+      sem = np.array([np.nan if x is None else x for x in o["loss_sem"]])
+      steps = np.arange(len(mean))
+      style = dict(lw=2.2, color="black") if name.startswith("lstm") else dict(lw=1.4)
+      line, = ax.plot(steps, mean, label=name, **style)
+      ax.fill_between(steps, np.maximum(mean - sem, 1e-12), mean + sem, alpha=0.15,
+                      color=line.get_color())
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizee step")
+    ax.set_ylabel("loss (mean over test problems)")
+    ax.set_title(title(variant))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+  fig.tight_layout()
+  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

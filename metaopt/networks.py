@@ -1,0 +1,131 @@
+"""The learned optimizer m_phi: a small LSTM applied to every coordinate independently.
+
+One set of weights is shared by all coordinates; each coordinate has its own
+(h, c) state per layer. The module acts on the trailing feature axis only, so
+any leading shape is a batch of independent coordinates: a parameter leaf of
+shape ``s`` gets a state of shape ``s + (hidden,)`` per layer, which keeps the
+state aligned with (and sharded like) the parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from metaopt import preprocess as preprocess_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class LSTMConfig:
+  """Configuration of the coordinatewise LSTM optimizer (hashable, serializable).
+
+  Attributes:
+    hidden_sizes: units of each stacked LSTM layer (paper: two layers of 20).
+    preprocessing: ``"none"`` (paper, quadratics) or ``"log_sign"`` (paper, MNIST/CIFAR/art).
+    preprocess_p: exponent p of the log/sign preprocessing (paper: 10).
+    output_scale: multiplies the linear output (paper: 1 for quadratics, 0.1 for MNIST).
+    output_init_scale: std of the output layer's initial weights (small, so the
+      untrained rule takes small steps).
+  """
+
+  hidden_sizes: tuple[int, ...] = (20, 20)
+  preprocessing: str = "none"
+  preprocess_p: float = 10.0
+  output_scale: float = 1.0
+  output_init_scale: float = 0.01
+
+  def __post_init__(self):
+    object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
+    if not self.hidden_sizes or any(h <= 0 for h in self.hidden_sizes):
+      raise ValueError(f"LSTMConfig.hidden_sizes must be non-empty and positive, got {self.hidden_sizes}")
+    preprocess_lib.num_features(self.preprocessing)  # validates the name
+    if self.preprocess_p <= 0:
+      raise ValueError(f"LSTMConfig.preprocess_p must be > 0, got {self.preprocess_p}")
+
+  def to_dict(self) -> dict:
+    """Plain-JSON form, used in checkpoints."""
+    d = dataclasses.asdict(self)
+    d["hidden_sizes"] = list(self.hidden_sizes)
+    return d
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "LSTMConfig":
+    """Inverse of :meth:`to_dict`."""
+    return cls(**{**d, "hidden_sizes": tuple(d["hidden_sizes"])})
+
+
+
+
+@jax.checkpoint
+def lstm_gates(gates: jnp.ndarray, c: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """LSTM cell nonlinearity: gates (..., 4H) = (i, f, g, o) pre-activations, c (..., H).
+
+  ``c' = sigmoid(f + 1) c + sigmoid(i) tanh(g)``, ``h' = sigmoid(o) tanh(c')`` (forget
+  bias 1). Rematerialized: the backward pass keeps only ``gates`` and ``c`` and
+  recomputes the rest, which cuts the residuals an unroll stores from ~11 to 2
+  arrays per layer and step (about 1.5x faster meta-gradients on CPU).
+  """
+  i, f, g, o = jnp.split(gates, 4, axis=-1)
+  # sigmoid(x) = (1 + tanh(x / 2)) / 2: one tanh instead of exp + divide (faster on CPU).
+  sigmoid = lambda x: 0.5 + 0.5 * jnp.tanh(0.5 * x)
+  c = sigmoid(f + 1.0) * c + sigmoid(i) * jnp.tanh(g)
+  return sigmoid(o) * jnp.tanh(c), c
+
+
+class CoordinatewiseLSTM(nn.Module):
+  """Preprocess -> stacked LSTM cells -> linear -> scale, per coordinate.
+
+  ``__call__(grads, hidden, cell)`` takes a gradient array of any shape ``s``
+  and per-layer states ``hidden[l], cell[l]`` of shape ``s + (hidden_sizes[l],)``,
+  and returns the update (shape ``s``, float32) and the new states.
+
+  Example:
+    >>> net = CoordinatewiseLSTM(LSTMConfig())
+    >>> g = jnp.ones((3,))
+    >>> h = c = tuple(jnp.zeros((3, 20)) for _ in range(2))
+    >>> phi = net.init(jax.random.key(0), g, h, c)
+    >>> update, h, c = net.apply(phi, g, h, c)
+  """
+
+  config: LSTMConfig
+
+  @nn.compact
+  def __call__(self, grads, hidden: Sequence[jnp.ndarray], cell: Sequence[jnp.ndarray]):
+    cfg = self.config
+    x = preprocess_lib.preprocess(grads, cfg.preprocessing, cfg.preprocess_p)
+    new_hidden, new_cell = [], []
+    for layer, size in enumerate(cfg.hidden_sizes):
+      h, c = hidden[layer], cell[layer]
+      # One fused matmul for the four gates: [x, h] @ W + b -> (i, f, g, o).
+      gates = nn.Dense(4 * size, name=f"lstm_{layer}")(jnp.concatenate([x, h], axis=-1))
+      h, c = lstm_gates(gates, c)
+      new_hidden.append(h)
+      new_cell.append(c)
+      x = h
+    out = nn.Dense(
+        1, name="output",
+        kernel_init=nn.initializers.normal(cfg.output_init_scale),
+    )(x)[..., 0]
+    return out * cfg.output_scale, tuple(new_hidden), tuple(new_cell)
+
+
+def init_meta_params(config: LSTMConfig, key: jax.Array) -> dict:
+  """Fresh meta-parameters phi for ``config``.
+
+  Args:
+    config: the network configuration.
+    key: a typed PRNG key (``jax.random.key``).
+
+  Returns:
+    A flax parameter dict ``{"params": ...}``, shared by every coordinate.
+
+  Example:
+    >>> phi = init_meta_params(LSTMConfig(), jax.random.key(0))
+  """
+  g = jnp.zeros((1,), jnp.float32)
+  states = tuple(jnp.zeros((1, h), jnp.float32) for h in config.hidden_sizes)
+  return CoordinatewiseLSTM(config).init(key, g, states, states)

@@ -1,0 +1,153 @@
+"""The learned rule as an optax ``GradientTransformation``.
+
+This is the single definition of the learned step: meta-training builds the
+same transform from traced meta-parameters, and users chain it into optax.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metaopt.networks import CoordinatewiseLSTM, LSTMConfig
+
+
+class LearnedRuleState(NamedTuple):
+  """Per-coordinate LSTM state.
+
+  ``hidden[l]`` and ``cell[l]`` are trees with the structure of the params;
+  each leaf has shape ``param.shape + (hidden_sizes[l],)`` and dtype float32.
+  With the default configuration this is 2 layers x (h, c) x 20 units x 4
+  bytes = 320 bytes of state per parameter coordinate.
+  """
+
+  hidden: tuple[Any, ...]
+  cell: tuple[Any, ...]
+
+
+def _check_float_leaves(tree: Any, what: str) -> None:
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(
+          f"learned_rule: {what} leaf {jax.tree_util.keystr(path) or '<root>'} has "
+          f"{'dtype ' + str(dtype) if dtype is not None else 'type ' + type(leaf).__name__}; "
+          "the learned rule only handles floating-point leaves (mask integer leaves out "
+          "with optax.masked or optax.partition)")
+
+
+def init_lstm_state(params: Any, config: LSTMConfig) -> LearnedRuleState:
+  """Zero LSTM state for every coordinate of ``params``, built with tree maps only.
+
+  Args:
+    params: a pytree of float arrays (or ``jax.ShapeDtypeStruct``).
+    config: the network configuration.
+
+  Returns:
+    A :class:`LearnedRuleState`.
+
+  Example:
+    >>> s = init_lstm_state({"w": jnp.zeros((2, 3))}, LSTMConfig())
+    >>> s.hidden[0]["w"].shape
+    (2, 3, 20)
+  """
+  def zeros(size):
+    return jax.tree.map(lambda p: jnp.zeros(tuple(p.shape) + (size,), jnp.float32), params)
+  return LearnedRuleState(
+      hidden=tuple(zeros(size) for size in config.hidden_sizes),
+      cell=tuple(zeros(size) for size in config.hidden_sizes),
+  )
+
+
+def learned_step(
+    meta_params: Any, config: LSTMConfig, grads: Any, state: LearnedRuleState
+) -> tuple[Any, LearnedRuleState]:
+  """One step of the learned optimizer: ``(g_t, state_{t+1}) = m(grad_t, state_t; phi)``.
+
+  The network is applied to each leaf with the same weights; updates have the
+  dtype of the gradients.
+
+  Args:
+    meta_params: phi, as returned by :func:`metaopt.networks.init_meta_params`.
+    config: the network configuration phi was made for.
+    grads: pytree of gradients.
+    state: the state from :func:`init_lstm_state` (same structure as ``grads``).
+
+  Returns:
+    ``(updates, new_state)``; add updates to params (``optax.apply_updates``).
+  """
+  leaves, treedef = jax.tree.flatten(grads)
+  state_treedef = jax.tree.structure(state.hidden[0])
+  if state_treedef != treedef:
+    raise ValueError(
+        "learned_rule.update: the gradients' pytree structure differs from the state's "
+        f"(made by init).\n  gradients: {treedef}\n  state:     {state_treedef}")
+  for leaf, h in zip(leaves, jax.tree.leaves(state.hidden[0])):
+    if tuple(leaf.shape) != tuple(h.shape[:-1]):
+      raise ValueError(
+          f"learned_rule.update: a gradient leaf has shape {tuple(leaf.shape)} but the state "
+          f"was made for shape {tuple(h.shape[:-1])}")
+  hidden = [treedef.flatten_up_to(h) for h in state.hidden]
+  cell = [treedef.flatten_up_to(c) for c in state.cell]
+  net = CoordinatewiseLSTM(config)
+  updates, new_h, new_c = [], [[] for _ in hidden], [[] for _ in cell]
+  for i, g in enumerate(leaves):
+    out, hs, cs = net.apply(meta_params, g, [h[i] for h in hidden], [c[i] for c in cell])
+    updates.append(out.astype(g.dtype))
+    for layer in range(len(hidden)):
+      new_h[layer].append(hs[layer])
+      new_c[layer].append(cs[layer])
+  return (
+      treedef.unflatten(updates),
+      LearnedRuleState(
+          hidden=tuple(treedef.unflatten(h) for h in new_h),
+          cell=tuple(treedef.unflatten(c) for c in new_c),
+      ),
+  )
+
+
+def learned_rule(meta_params: Any, config: LSTMConfig = LSTMConfig()
+                 ) -> optax.GradientTransformationExtraArgs:
+  """The coordinatewise LSTM optimizer of Andrychowicz et al. (2016) as an optax transform.
+
+  .. math::
+     [g_t, h_{t+1}] = m(\\nabla f(\\theta_t), h_t; \\phi), \\qquad
+     \\theta_{t+1} = \\theta_t + g_t
+
+  The LSTM output is returned as is (optax also *adds* updates), so use it
+  with ``optax.apply_updates`` and do not negate it.
+
+  Args:
+    meta_params: trained phi (e.g. from :func:`metaopt.checkpoint.load_pretrained`).
+    config: the network configuration phi was trained with.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. ``update(grads, state,
+    params=None, **extra_args)`` ignores ``params`` and extra arguments.
+
+  Example:
+    >>> phi = metaopt.init_meta_params(metaopt.LSTMConfig(), jax.random.key(0))
+    >>> opt = optax.chain(optax.clip(1.0), metaopt.learned_rule(phi))
+    >>> params = {"w": jnp.ones(3)}
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update({"w": jnp.ones(3)}, state)
+    >>> params = optax.apply_updates(params, updates)
+
+  References:
+    Andrychowicz et al., "Learning to learn by gradient descent by gradient
+    descent", NIPS 2016.
+  """
+
+  def init_fn(params):
+    _check_float_leaves(params, "params")
+    return init_lstm_state(params, config)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    _check_float_leaves(updates, "gradient")
+    return learned_step(meta_params, config, updates, state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

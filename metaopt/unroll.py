@@ -1,0 +1,155 @@
+"""One unroll for every optimizer: a jitted ``lax.scan`` of optimizee steps.
+
+Every run of any optax transform (learned or hand-designed) on any problem
+family goes through :func:`unroll`; evaluation vmaps it over problems and
+meta-training differentiates it with respect to the learned rule's phi.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metaopt.problems.base import ProblemFamily, Task
+
+
+class UnrollState(NamedTuple):
+  """What carries over from one optimizee step (or truncation) to the next.
+
+  Attributes:
+    params: the optimizee parameters theta_t.
+    model_state: non-optimized model state (e.g. batch-norm statistics), or ().
+    opt_state: the optimizer's state (the LSTM state for the learned rule).
+    key: the run's PRNG key; step t's minibatch key is ``fold_in(key, t)``.
+    step: the number of optimizee steps taken so far (int32 scalar).
+  """
+
+  params: Any
+  model_state: Any
+  opt_state: Any
+  key: jax.Array
+  step: jax.Array
+
+
+def init_unroll(optimizer: optax.GradientTransformation, family: ProblemFamily,
+                task: Task, key: jax.Array) -> UnrollState:
+  """Start a run: theta_0 from the family, a fresh optimizer state, step 0.
+
+  Args:
+    optimizer: any optax transform.
+    family: the problem family.
+    task: one problem sampled from ``family``.
+    key: typed PRNG key for theta_0 and the run's minibatches.
+
+  Returns:
+    The initial :class:`UnrollState`.
+  """
+  k_init, k_run = jax.random.split(key)
+  params, model_state = family.init(task, k_init)
+  return UnrollState(params, model_state, optimizer.init(params), k_run,
+                     jnp.zeros((), jnp.int32))
+
+
+def unroll(optimizer: optax.GradientTransformation, family: ProblemFamily, task: Task,
+           state: UnrollState, num_steps: int, second_order: bool = False,
+           remat: bool = False) -> tuple[UnrollState, jax.Array]:
+  """Run ``num_steps`` optimizer steps with ``lax.scan``; return the state and the losses.
+
+  At step t: ``(f_t, grad_t) = value_and_grad(f)(theta_t)`` on the minibatch of
+  key ``fold_in(state.key, t)``; the optimizer sees ``stop_gradient(grad_t)``
+  (the paper's first-order meta-gradient; ``second_order=True`` keeps the
+  Hessian path); ``theta_{t+1} = theta_t + update_t``.
+
+  Args:
+    optimizer: any optax transform (its update gets ``params`` too).
+    family: the problem family.
+    task: the problem.
+    state: where to start (from :func:`init_unroll` or a previous unroll).
+    num_steps: number of optimizee steps (static).
+    second_order: let meta-gradients flow through the optimizee's gradients.
+    remat: recompute each step's forward pass in the backward pass
+      (``jax.checkpoint``), trading compute for memory.
+
+  Returns:
+    ``(new_state, losses)`` with ``losses[i] = f(theta_{t0+i})`` for
+    ``i = 0..num_steps`` (``num_steps + 1`` values; the last one is evaluated on
+    the minibatch the next unroll's first step uses, so truncations chain exactly).
+
+  Example:
+    >>> fam = metaopt.problems.QuadraticFamily()
+    >>> task = fam.sample_task(jax.random.key(0))
+    >>> opt = optax.adam(0.1)
+    >>> state = init_unroll(opt, fam, task, jax.random.key(1))
+    >>> state, losses = jax.jit(unroll, static_argnums=(0, 4))(opt, fam, task, state, 20)
+  """
+  loss_and_grad = jax.value_and_grad(family.loss, has_aux=True)
+
+  def step(carry: UnrollState, _):
+    key = jax.random.fold_in(carry.key, carry.step)
+    (loss, model_state), grads = loss_and_grad(carry.params, carry.model_state, task, key)
+    if not second_order:
+      grads = jax.lax.stop_gradient(grads)
+    updates, opt_state = optimizer.update(grads, carry.opt_state, carry.params)
+    params = optax.apply_updates(carry.params, updates)
+    return UnrollState(params, model_state, opt_state, carry.key, carry.step + 1), loss
+
+  if remat:
+    step = jax.checkpoint(step)
+  state, losses = jax.lax.scan(step, state, length=num_steps)
+  final_loss, _ = family.loss(state.params, state.model_state, task,
+                              jax.random.fold_in(state.key, state.step))
+  return state, jnp.concatenate([losses, final_loss[None]])
+
+
+def loss_curves(optimizer: optax.GradientTransformation, family: ProblemFamily,
+                tasks: Task, keys: jax.Array, num_steps: int) -> jax.Array:
+  """Loss curves of ``optimizer`` on a batch of problems (vmapped :func:`unroll`).
+
+  Not jitted itself, so it can be vmapped over optimizer hyper-parameters; use
+  :func:`jitted_loss_curves` for a single optimizer.
+
+  Args:
+    optimizer: any optax transform.
+    family: the problem family.
+    tasks: a batch of tasks (leading axis n).
+    keys: n typed PRNG keys, one per run (theta_0 and minibatches).
+    num_steps: horizon T.
+
+  Returns:
+    Array of shape (n, T + 1): the loss at steps 0..T of every run.
+  """
+  def one_run(task, key):
+    state = init_unroll(optimizer, family, task, key)
+    return unroll(optimizer, family, task, state, num_steps)[1]
+  return jax.vmap(one_run)(tasks, keys)
+
+
+@functools.partial(jax.jit, static_argnames=("make_optimizer", "num_steps"))
+def jitted_loss_curves(make_optimizer: Callable[..., optax.GradientTransformation],
+                       family: ProblemFamily, tasks: Task, keys: jax.Array,
+                       num_steps: int, opt_args: tuple = ()) -> jax.Array:
+  """:func:`loss_curves` of ``make_optimizer(*opt_args)`` in one jitted call.
+
+  ``opt_args`` are traced (e.g. a learning rate or the learned rule's phi), so
+  new values reuse the compiled function; ``make_optimizer`` is static (pass
+  the same callable object to hit the cache).
+
+  Example:
+    >>> curves = jitted_loss_curves(optax.adam, fam, tasks, keys, 100, (0.1,))
+  """
+  return loss_curves(make_optimizer(*opt_args), family, tasks, keys, num_steps)
+
+
+def sample_tasks(family: ProblemFamily, key: jax.Array, num: int) -> tuple[Task, jax.Array]:
+  """``num`` problems and ``num`` run keys from one key (for validation / test sets).
+
+  Returns:
+    ``(tasks, run_keys)``, each with leading axis ``num``.
+  """
+  k_tasks, k_runs = jax.random.split(key)
+  tasks = jax.vmap(family.sample_task)(jax.random.split(k_tasks, num))
+  return tasks, jax.random.split(k_runs, num)

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny problem families and a fresh phi."""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import struct
+
+import metaopt
+
+
+class ScalarTask(NamedTuple):
+  scale: jax.Array
+
+
+class ScalarQuadratic(struct.PyTreeNode):
+  """f(theta) = scale * theta^2 with theta_0 = 1 (a problem whose optimal SGD rate is known)."""
+
+  def sample_task(self, key):
+    del key
+    return ScalarTask(jnp.float32(1.0))
+
+  def init(self, task, key):
+    del task, key
+    return jnp.float32(1.0), ()
+
+  def loss(self, params, model_state, task, key):
+    del key
+    return task.scale * params ** 2, model_state
+
+
+@pytest.fixture
+def scalar_family():
+  return ScalarQuadratic()
+
+
+@pytest.fixture
+def phi():
+  return metaopt.init_meta_params(metaopt.LSTMConfig(), jax.random.key(0))

@@ -1,0 +1,41 @@
+import json
+
+import jax
+import numpy as np
+
+import metaopt
+from metaopt.experiment import ExperimentConfig, run_experiment
+from metaopt.meta_train import MetaTrainConfig
+from metaopt.networks import LSTMConfig
+from metaopt.problems import QuadraticFamily
+
+
+def test_tiny_experiment_writes_summary_plot_and_a_loadable_rule(tmp_path):
+  cfg = ExperimentConfig(
+      name="quadratic", family=QuadraticFamily(dim=4), lstm=LSTMConfig((8,)),
+      train=MetaTrainConfig(horizon=10, unroll_length=5, batch_size=8, num_meta_steps=4,
+                            valid_every=2, num_valid_problems=4),
+      eval_steps=10, num_test_problems=6, num_tune_problems=4, lr_grid=(1e-3, 1e-2, 1e-1, 1.0))
+  summary = run_experiment(cfg, tmp_path, progress=False)
+  on_disk = json.loads((tmp_path / "summary.json").read_text())
+  assert on_disk == json.loads(json.dumps(summary))
+  for key in ("experiment", "commit", "device", "jax_version", "meta_train_seconds", "eval_seconds"):
+    assert key in on_disk
+  base = on_disk["variants"]["base"]
+  assert base["steps"] == 10 and base["num_test_problems"] == 6
+  assert set(base["optimizers"]) == {"lstm", "sgd", "rmsprop", "adam", "nag"}
+  for name, o in base["optimizers"].items():
+    assert len(o["loss_mean"]) == len(o["loss_sem"]) == 11
+    assert o["final_loss_mean"] == o["loss_mean"][-1]
+    if name != "lstm":
+      rates = sorted(float(r) for r in o["lr_grid"])
+      assert rates[0] < o["hyperparameters"]["learning_rate"] < rates[-1]
+  # Every optimizer starts from the same theta_0 on the same test problems.
+  starts = {o["loss_mean"][0] for o in base["optimizers"].values()}
+  assert len(starts) == 1
+  assert (tmp_path / "curves.png").stat().st_size > 1000
+  phi, config, meta = metaopt.checkpoint.load_meta_params(tmp_path / "lstm.msgpack")
+  assert config == cfg.lstm and meta["experiment"] == "quadratic"
+  updates, _ = metaopt.learned_rule(phi, config).update(np.ones(4, np.float32),
+                                                        metaopt.learned_rule(phi, config).init(np.ones(4, np.float32)))
+  assert np.all(np.isfinite(updates))

@@ -1,0 +1,99 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import metaopt
+from metaopt.problems import QuadraticFamily
+from metaopt.rule import learned_rule
+from metaopt.unroll import init_unroll, jitted_loss_curves, unroll
+
+
+def test_two_unrolls_of_ten_equal_one_of_twenty(phi):
+  fam = QuadraticFamily(dim=5)
+  task = fam.sample_task(jax.random.key(0))
+  rule = learned_rule(jax.tree.map(lambda x: 2.0 * x, phi))
+  run = jax.jit(unroll, static_argnums=(0, 4))
+  state = init_unroll(rule, fam, task, jax.random.key(1))
+  full_state, full = run(rule, fam, task, state, 20)
+  mid_state, first = run(rule, fam, task, state, 10)
+  end_state, second = run(rule, fam, task, mid_state, 10)
+  assert full.shape == (21,) and first.shape == (11,)
+  np.testing.assert_allclose(jnp.concatenate([first, second[1:]]), full, rtol=1e-6)
+  np.testing.assert_allclose(first[-1], second[0], rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               end_state._replace(key=None), full_state._replace(key=None))
+  assert int(end_state.step) == 20
+
+
+def _meta_grad_of_sgd_rate(family, rate, second_order):
+  task = family.sample_task(jax.random.key(0))
+
+  def meta_loss(a):
+    opt = optax.sgd(a)
+    state = init_unroll(opt, family, task, jax.random.key(1))
+    return jnp.sum(unroll(opt, family, task, state, 2, second_order=second_order)[1][1:])
+
+  return float(jax.jit(jax.grad(meta_loss))(rate))
+
+
+def test_first_and_second_order_meta_gradients_match_hand_derivation(scalar_family):
+  # f(x) = x^2, x0 = 1, SGD with rate a: x1 = x0 - a g0, x2 = x1 - a g1, g = 2x.
+  # L(a) = f(x1) + f(x2).
+  a = 0.1
+  x0 = 1.0
+  g0 = 2 * x0
+  x1 = x0 - a * g0
+  g1 = 2 * x1
+  x2 = x1 - a * g1
+  dx1 = -g0
+  first = 2 * x1 * dx1 + 2 * x2 * (dx1 - g1)               # g1 treated as a constant
+  second = 2 * x1 * dx1 + 2 * x2 * (dx1 - g1 - a * 2 * dx1)  # dg1/da = f''(x1) dx1/da
+  assert _meta_grad_of_sgd_rate(scalar_family, a, False) == pytest.approx(first, rel=1e-5)
+  assert _meta_grad_of_sgd_rate(scalar_family, a, True) == pytest.approx(second, rel=1e-5)
+  assert abs(first - second) > 0.1
+
+
+def test_second_order_flag_changes_the_learned_rules_meta_gradient(phi):
+  fam = QuadraticFamily(dim=4)
+  task = fam.sample_task(jax.random.key(0))
+  phi = jax.tree.map(lambda x: 3.0 * x, phi)
+
+  def meta_grad(second_order):
+    def loss(phi):
+      rule = learned_rule(phi)
+      state = init_unroll(rule, fam, task, jax.random.key(1))
+      return jnp.sum(unroll(rule, fam, task, state, 5, second_order=second_order)[1][1:])
+    return jax.jit(jax.grad(loss))(phi)
+
+  g1, g2 = meta_grad(False), meta_grad(True)
+  diff = optax.tree.norm(jax.tree.map(jnp.subtract, g1, g2))
+  assert float(diff) > 1e-3 * float(optax.tree.norm(g1))
+  assert bool(jnp.isfinite(diff))
+
+
+def test_loss_curves_vmapped_and_hand_designed_optimizers_share_the_unroll():
+  fam = QuadraticFamily()
+  tasks, keys = metaopt.sample_tasks(fam, jax.random.key(0), 8)
+  curves = jitted_loss_curves(optax.adam, fam, tasks, keys, 30, (jnp.float32(0.1),))
+  assert curves.shape == (8, 31)
+  # Initial loss of run i is f_i(theta_0): independent of the optimizer.
+  sgd = jitted_loss_curves(optax.sgd, fam, tasks, keys, 30, (jnp.float32(0.01),))
+  np.testing.assert_allclose(curves[:, 0], sgd[:, 0], rtol=1e-6)
+  assert float(curves[:, -1].mean()) < 0.5 * float(curves[:, 0].mean())
+
+
+def test_remat_gives_the_same_meta_gradient(phi):
+  fam = QuadraticFamily(dim=3)
+  task = fam.sample_task(jax.random.key(0))
+
+  def grad(remat):
+    def loss(phi):
+      rule = learned_rule(phi)
+      state = init_unroll(rule, fam, task, jax.random.key(1))
+      return jnp.sum(unroll(rule, fam, task, state, 6, remat=remat)[1])
+    return jax.jit(jax.grad(loss))(phi)
+
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               grad(False), grad(True))
