@@ -9,7 +9,7 @@ export METAOPT_DATA_DIR
 # QUICK=1 runs reduced experiments that write to results/quick/ (git-ignored).
 export QUICK
 
-.PHONY: install test quadratic clean
+.PHONY: install test quadratic mnist clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(STAMP)
 
 quadratic: $(STAMP)
 	$(PY) -m experiments.quadratic
+
+mnist: $(STAMP)
+	$(PY) -m experiments.mnist
 
 clean:
 	rm -rf $(VENV) results/quick .pytest_cache

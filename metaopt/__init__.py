@@ -4,7 +4,7 @@ Reproduces Andrychowicz et al., "Learning to learn by gradient descent by
 gradient descent" (NIPS 2016).
 """
 
-from metaopt import checkpoint, problems
+from metaopt import checkpoint, data, problems
 from metaopt.checkpoint import list_pretrained, load_meta_params, load_pretrained, save_meta_params
 from metaopt.baselines import BASELINES, tune_baselines, tune_learning_rate
 from metaopt.meta_train import MetaTrainConfig, MetaTrainResult, meta_train
@@ -17,7 +17,7 @@ from metaopt.unroll import (UnrollState, init_unroll, jitted_loss_curves, loss_c
 __version__ = "0.1.0"
 
 __all__ = [
-    "BASELINES", "checkpoint", "list_pretrained", "load_meta_params", "load_pretrained",
+    "BASELINES", "checkpoint", "data", "list_pretrained", "load_meta_params", "load_pretrained",
     "save_meta_params", "CoordinatewiseLSTM", "LSTMConfig", "LearnedRuleState", "MetaTrainConfig",
     "MetaTrainResult", "UnrollState", "init_lstm_state", "init_meta_params", "init_unroll",
     "jitted_loss_curves", "learned_rule", "learned_step", "log_sign", "loss_curves",

@@ -36,7 +36,7 @@ def _final_loss_by_rate(make_optimizer, family, tasks, keys, num_steps, rates) -
   final = []
   for lr in rates:
     curves = jitted_loss_curves(make_optimizer, family, tasks, keys, num_steps,
-                                (jnp.float32(lr),))
+                                (jnp.float32(lr),))[0]
     final.append(float(jnp.mean(curves[:, -1])))
   final = np.asarray(final)
   return np.where(np.isfinite(final), final, np.inf)

@@ -9,9 +9,10 @@ import dataclasses
 import functools
 import pathlib
 import time
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import jax
+import numpy as np
 
 from metaopt.baselines import BASELINES, DEFAULT_GRID, tune_baselines
 from metaopt.checkpoint import save_meta_params
@@ -22,24 +23,48 @@ from metaopt.problems.base import ProblemFamily
 from metaopt.rule import learned_rule
 from metaopt.unroll import jitted_loss_curves, sample_tasks
 
-# Seeds of the three disjoint problem sets (meta-training draws from its own seed).
+# Seeds of the problem sets (meta-training draws from its own seed).
 TUNE_SET, TEST_SET = 1, 2
+
+# (family, test data, final params of one run) -> {metric name: scalar}, e.g. test accuracy.
+TestMetrics = Callable[[ProblemFamily, Any, Any], dict]
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One evaluation setting: a problem family and a horizon.
+
+  Attributes:
+    name: the variant's key in ``summary.json``.
+    family: the problems of this variant (the LSTM is not retrained on them).
+    steps: the horizon of its test runs.
+    retune: also report the baselines re-tuned on this variant, as ``<name>_retuned``.
+  """
+
+  name: str
+  family: ProblemFamily
+  steps: int
+  retune: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-  """One experiment with a single variant.
+  """An experiment: meta-train on ``family``, evaluate on each variant.
 
   Attributes:
-    name: experiment name (results go to ``<out>/<name>/``).
-    family: the problem family (train, tune and test problems all come from it).
+    name: experiment name (used in ``summary.json``).
+    family: the meta-training family; the baselines are tuned on it too.
     lstm: the learned rule's network configuration.
     train: meta-training settings.
-    eval_steps: horizon of the test runs.
-    num_test_problems: held-out test problems (fresh tasks and run keys).
-    num_tune_problems: validation problems for the baselines' learning-rate search.
+    eval_steps: horizon of the baselines' tuning runs and of the default variant.
+    variants: evaluation settings (default: one variant ``base`` = ``family``, ``eval_steps``).
+    num_test_problems: held-out test runs per variant (fresh tasks and run keys).
+    num_tune_problems: validation runs for the baselines' learning-rate search.
     baselines: names from :data:`metaopt.baselines.BASELINES`.
     lr_grid: the initial log-spaced learning-rate grid.
+    test_metrics: optional metrics of each run's final parameters (e.g. test accuracy),
+      ``test_metrics(family, test_data, params) -> {name: scalar}``.
+    test_data: a pytree of arrays handed to ``test_metrics`` (e.g. the test images).
     seed: seeds the tuning and test sets.
   """
 
@@ -48,11 +73,65 @@ class ExperimentConfig:
   lstm: LSTMConfig
   train: MetaTrainConfig
   eval_steps: int = 100
+  variants: Sequence[Variant] | None = None
   num_test_problems: int = 128
   num_tune_problems: int = 128
   baselines: Sequence[str] = tuple(BASELINES)
   lr_grid: Sequence[float] = DEFAULT_GRID
+  test_metrics: TestMetrics | None = None
+  test_data: Any = None
   seed: int = 0
+
+  def all_variants(self) -> tuple[Variant, ...]:
+    return tuple(self.variants) if self.variants else (Variant("base", self.family, self.eval_steps),)
+
+
+def _summarize(cfg: ExperimentConfig, family, curves, final_params, hyperparameters) -> dict:
+  entry = summarize_curves(curves, hyperparameters)
+  if cfg.test_metrics is not None:
+    metrics = _run_test_metrics(cfg.test_metrics, family, cfg.test_data, final_params)
+    for name, values in metrics.items():
+      values = np.asarray(values, np.float64)
+      entry[f"{name}_mean"] = float(values.mean())
+      entry[f"{name}_sem"] = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+  return entry
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _run_test_metrics(metric_fn, family, test_data, final_params):
+  return jax.lax.map(lambda params: metric_fn(family, test_data, params), final_params)
+
+
+def _tune(cfg: ExperimentConfig, family, steps) -> dict:
+  tasks, keys = sample_tasks(family, jax.random.fold_in(jax.random.key(cfg.seed), TUNE_SET),
+                             cfg.num_tune_problems)
+  return tune_baselines(family, tasks, keys, steps, cfg.baselines, cfg.lr_grid)
+
+
+def evaluate_variant(cfg: ExperimentConfig, variant: Variant, phi: Any, tuned: dict) -> dict:
+  """Curves of the learned rule and the tuned baselines on one variant's test runs."""
+  test_tasks, test_keys = sample_tasks(
+      variant.family, jax.random.fold_in(jax.random.key(cfg.seed), TEST_SET),
+      cfg.num_test_problems)
+
+  def run(make, args, name, hyperparameters):
+    curves, final = jitted_loss_curves(make, variant.family, test_tasks, test_keys,
+                                       variant.steps, args)
+    return _summarize(cfg, variant.family, curves, final, hyperparameters)
+
+  optimizers = {"lstm": run(functools.partial(learned_rule, config=cfg.lstm), (phi,), "lstm",
+                            {"meta_learning_rate": cfg.train.meta_learning_rate,
+                             "num_meta_steps": cfg.train.num_meta_steps})}
+  sets = [("", tuned)]
+  if variant.retune:
+    sets.append(("_retuned", _tune(cfg, variant.family, variant.steps)))
+  for suffix, rates in sets:
+    for name, t in rates.items():
+      entry = run(BASELINES[name], (t["learning_rate"],), name, {"learning_rate": t["learning_rate"]})
+      entry["lr_grid"] = {f"{lr:.6g}": v for lr, v in t["grid"].items()}
+      optimizers[name + suffix] = entry
+  return {"steps": variant.steps, "num_test_problems": cfg.num_test_problems,
+          "optimizers": optimizers}
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | pathlib.Path,
@@ -63,7 +142,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | pathlib.Path,
   configuration) into ``out_dir`` and prints a table.
 
   Returns:
-    The summary dict (schema of DESIGN.md section 6, one variant ``base``).
+    The summary dict (schema of DESIGN.md section 6).
   """
   out_dir = pathlib.Path(out_dir)
   unknown = [b for b in cfg.baselines if b not in BASELINES]
@@ -77,34 +156,18 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | pathlib.Path,
                     "best_valid_loss": result.best_valid_loss})
 
   start = time.perf_counter()
-  root = jax.random.key(cfg.seed)
-  tune_tasks, tune_keys = sample_tasks(cfg.family, jax.random.fold_in(root, TUNE_SET),
-                                       cfg.num_tune_problems)
-  test_tasks, test_keys = sample_tasks(cfg.family, jax.random.fold_in(root, TEST_SET),
-                                       cfg.num_test_problems)
-  tuned = tune_baselines(cfg.family, tune_tasks, tune_keys, cfg.eval_steps, cfg.baselines,
-                         cfg.lr_grid)
-  optimizers = {"lstm": summarize_curves(
-      jitted_loss_curves(functools.partial(learned_rule, config=cfg.lstm), cfg.family,
-                         test_tasks, test_keys, cfg.eval_steps, (result.phi,)),
-      {"meta_learning_rate": cfg.train.meta_learning_rate,
-       "num_meta_steps": cfg.train.num_meta_steps})}
-  for name, t in tuned.items():
-    curves = jitted_loss_curves(BASELINES[name], cfg.family, test_tasks, test_keys,
-                                cfg.eval_steps, (t["learning_rate"],))
-    optimizers[name] = summarize_curves(curves, {"learning_rate": t["learning_rate"]})
-    optimizers[name]["lr_grid"] = {f"{lr:.6g}": v for lr, v in t["grid"].items()}
+  tuned = _tune(cfg, cfg.family, cfg.eval_steps)
+  variants = {}
+  for variant in cfg.all_variants():
+    variants[variant.name] = evaluate_variant(cfg, variant, result.phi, tuned)
+    print(f"evaluated variant {variant.name} ({time.perf_counter() - start:.0f} s)", flush=True)
   eval_seconds = time.perf_counter() - start
 
   summary = make_summary(
-      cfg.name,
-      {"base": {"steps": cfg.eval_steps, "num_test_problems": cfg.num_test_problems,
-                "optimizers": optimizers}},
-      result.seconds, eval_seconds,
+      cfg.name, variants, result.seconds, eval_seconds,
       lstm_config=cfg.lstm.to_dict(), meta_train_config=dataclasses.asdict(cfg.train),
-      meta_train_history={"valid_step": result.history["valid_step"],
-                          "valid_loss": result.history["valid_loss"],
-                          "num_skipped": result.num_skipped},
+      meta_train_history={k: result.history[k] for k in result.history if k != "meta_loss"}
+      | {"num_skipped": result.num_skipped},
   )
   write_summary(out_dir / "summary.json", summary)
   plot_curves(summary, out_dir / "curves.png")

@@ -44,6 +44,9 @@ class MetaTrainConfig:
     valid_every: meta-steps between validations (early stopping keeps the best phi).
     num_valid_problems: size of the fixed validation set (fresh problems).
     seed: seeds phi's initialization, the problems and the validation set.
+    collapse_factor: if set, a validation loss above ``collapse_factor`` x the best
+      one restores the best phi and resets the meta-optimizer (a guard against
+      the learned rule collapsing, e.g. to chance on MNIST); None disables it.
   """
 
   horizon: int = 100
@@ -57,6 +60,7 @@ class MetaTrainConfig:
   valid_every: int = 100
   num_valid_problems: int = 128
   seed: int = 0
+  collapse_factor: float | None = None
 
   def __post_init__(self):
     for name in ("horizon", "unroll_length", "batch_size", "num_meta_steps", "valid_every",
@@ -67,6 +71,9 @@ class MetaTrainConfig:
     if self.horizon % self.unroll_length:
       raise ValueError(f"MetaTrainConfig.horizon ({self.horizon}) must be a multiple of "
                        f"unroll_length ({self.unroll_length})")
+    if self.collapse_factor is not None and not self.collapse_factor > 1:
+      raise ValueError(f"MetaTrainConfig.collapse_factor must be > 1 or None, got "
+                       f"{self.collapse_factor!r}")
     for name in ("meta_learning_rate", "clip_norm"):
       if not float(getattr(self, name)) > 0:
         raise ValueError(f"MetaTrainConfig.{name} must be > 0, got {getattr(self, name)!r}")
@@ -90,7 +97,8 @@ class MetaTrainResult(NamedTuple):
     phi: the best phi by validation loss (early stopping).
     best_valid_loss: its validation loss (mean over problems and steps 1..T).
     final_phi: phi after the last meta-step.
-    history: ``{"meta_loss": [...], "valid_step": [...], "valid_loss": [...]}``.
+    history: ``{"meta_loss": [...], "valid_step": [...], "valid_loss": [...],
+      "restored_at": [...]}`` (meta-steps where the collapse guard restored the best phi).
     num_skipped: meta-steps skipped for a non-finite meta-loss or gradient.
     seconds: wall time, compilation included.
   """
@@ -187,7 +195,7 @@ def validation_loss(phi: Any, config: LSTMConfig, family: ProblemFamily, tasks: 
                     keys: jax.Array, horizon: int) -> float:
   """Mean over validation problems and steps 1..horizon of the learned rule's loss."""
   curves = jitted_loss_curves(functools.partial(learned_rule, config=config), family,
-                              tasks, keys, horizon, (phi,))
+                              tasks, keys, horizon, (phi,))[0]
   return float(jnp.mean(curves[:, 1:]))
 
 
@@ -214,7 +222,7 @@ def meta_train(family: ProblemFamily, config: LSTMConfig, cfg: MetaTrainConfig,
       family, jax.random.fold_in(jax.random.key(cfg.seed), 1_000_003), cfg.num_valid_problems)
   meta_step = make_meta_step(config, cfg)
   state = init_train_state(family, config, cfg)
-  history = {"meta_loss": [], "valid_step": [], "valid_loss": []}
+  history = {"meta_loss": [], "valid_step": [], "valid_loss": [], "restored_at": []}
   best_phi, best_valid = state.phi, validation_loss(state.phi, config, family, valid_tasks,
                                                     valid_keys, cfg.horizon)
   history["valid_step"].append(0)
@@ -240,8 +248,12 @@ def meta_train(family: ProblemFamily, config: LSTMConfig, cfg: MetaTrainConfig,
       history["valid_loss"].append(valid)
       if valid < best_valid:
         best_phi, best_valid = state.phi, valid
+      elif cfg.collapse_factor is not None and not valid <= cfg.collapse_factor * best_valid:
+        state = state._replace(phi=best_phi, meta_opt_state=meta_optimizer(cfg).init(best_phi))
+        history["restored_at"].append(i + 1)
     bar.set_postfix(meta_loss=f"{loss:.4g}", valid=f"{history['valid_loss'][-1]:.4g}",
-                    best=f"{best_valid:.4g}", skipped=num_skipped)
+                    best=f"{best_valid:.4g}", skipped=num_skipped,
+                    restored=len(history["restored_at"]))
   jax.block_until_ready(best_phi)
   return MetaTrainResult(best_phi, best_valid, state.phi, history, num_skipped,
                          time.perf_counter() - start)

@@ -106,7 +106,7 @@ def unroll(optimizer: optax.GradientTransformation, family: ProblemFamily, task:
 
 
 def loss_curves(optimizer: optax.GradientTransformation, family: ProblemFamily,
-                tasks: Task, keys: jax.Array, num_steps: int) -> jax.Array:
+                tasks: Task, keys: jax.Array, num_steps: int) -> tuple[jax.Array, Any]:
   """Loss curves of ``optimizer`` on a batch of problems (vmapped :func:`unroll`).
 
   Not jitted itself, so it can be vmapped over optimizer hyper-parameters; use
@@ -120,18 +120,20 @@ def loss_curves(optimizer: optax.GradientTransformation, family: ProblemFamily,
     num_steps: horizon T.
 
   Returns:
-    Array of shape (n, T + 1): the loss at steps 0..T of every run.
+    ``(curves, final_params)``: curves of shape (n, T + 1), the loss at steps
+    0..T of every run, and the n runs' parameters after step T.
   """
   def one_run(task, key):
     state = init_unroll(optimizer, family, task, key)
-    return unroll(optimizer, family, task, state, num_steps)[1]
+    state, losses = unroll(optimizer, family, task, state, num_steps)
+    return losses, state.params
   return jax.vmap(one_run)(tasks, keys)
 
 
 @functools.partial(jax.jit, static_argnames=("make_optimizer", "num_steps"))
 def jitted_loss_curves(make_optimizer: Callable[..., optax.GradientTransformation],
                        family: ProblemFamily, tasks: Task, keys: jax.Array,
-                       num_steps: int, opt_args: tuple = ()) -> jax.Array:
+                       num_steps: int, opt_args: tuple = ()) -> tuple[jax.Array, Any]:
   """:func:`loss_curves` of ``make_optimizer(*opt_args)`` in one jitted call.
 
   ``opt_args`` are traced (e.g. a learning rate or the learned rule's phi), so
@@ -139,7 +141,7 @@ def jitted_loss_curves(make_optimizer: Callable[..., optax.GradientTransformatio
   the same callable object to hit the cache).
 
   Example:
-    >>> curves = jitted_loss_curves(optax.adam, fam, tasks, keys, 100, (0.1,))
+    >>> curves, final_params = jitted_loss_curves(optax.adam, fam, tasks, keys, 100, (0.1,))
   """
   return loss_curves(make_optimizer(*opt_args), family, tasks, keys, num_steps)
 

@@ -76,10 +76,10 @@ def test_second_order_flag_changes_the_learned_rules_meta_gradient(phi):
 def test_loss_curves_vmapped_and_hand_designed_optimizers_share_the_unroll():
   fam = QuadraticFamily()
   tasks, keys = metaopt.sample_tasks(fam, jax.random.key(0), 8)
-  curves = jitted_loss_curves(optax.adam, fam, tasks, keys, 30, (jnp.float32(0.1),))
+  curves = jitted_loss_curves(optax.adam, fam, tasks, keys, 30, (jnp.float32(0.1),))[0]
   assert curves.shape == (8, 31)
   # Initial loss of run i is f_i(theta_0): independent of the optimizer.
-  sgd = jitted_loss_curves(optax.sgd, fam, tasks, keys, 30, (jnp.float32(0.01),))
+  sgd = jitted_loss_curves(optax.sgd, fam, tasks, keys, 30, (jnp.float32(0.01),))[0]
   np.testing.assert_allclose(curves[:, 0], sgd[:, 0], rtol=1e-6)
   assert float(curves[:, -1].mean()) < 0.5 * float(curves[:, 0].mean())
 

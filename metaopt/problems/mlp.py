@@ -109,3 +109,22 @@ class MLPFamily(struct.PyTreeNode):
     loss = jnp.mean(jax.nn.logsumexp(logits, -1)
                     - jnp.take_along_axis(logits, labels[:, None], -1)[:, 0])
     return loss, model_state
+
+
+def classification_metrics(family: MLPFamily, test_data: tuple[jax.Array, jax.Array],
+                           params) -> dict:
+  """Test-set loss and accuracy of one trained net (for ``ExperimentConfig.test_metrics``).
+
+  Args:
+    family: the family whose architecture ``params`` belong to.
+    test_data: ``(images, labels)``: uint8 (N, H, W, C) and int (N,).
+    params: the trained parameters.
+
+  Returns:
+    ``{"test_loss": mean cross-entropy, "test_accuracy": fraction correct}``.
+  """
+  images, labels = test_data
+  logits = family.logits(params, images)
+  loss = jnp.mean(jax.nn.logsumexp(logits, -1)
+                  - jnp.take_along_axis(logits, labels[:, None], -1)[:, 0])
+  return {"test_loss": loss, "test_accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
