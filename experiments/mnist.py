@@ -27,7 +27,7 @@ def config(quick: bool = False, data_dir: str | None = None) -> ExperimentConfig
   train = MetaTrainConfig(
       horizon=100, unroll_length=20,
       batch_size=2,                             # problems per meta-step (1 collapses: see README)
-      num_meta_steps=30 if quick else 1400,     # ~24 minutes of meta-training on 2 CPU cores
+      num_meta_steps=30 if quick else 1150,     # ~25 minutes of meta-training on 2 CPU cores
       meta_learning_rate=3e-3,
       clip_norm=1.0,
       valid_every=10 if quick else 100,
