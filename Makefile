@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 # Data sets: the original files in ../shared/data when present, else tensorflow-datasets downloads.
 METAOPT_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 export METAOPT_DATA_DIR
-# QUICK=1 runs reduced experiments that write to results/quick/ (git-ignored).
-export QUICK
+# QUICK=1 runs reduced experiments that write to results/quick/ (git-ignored);
+# RESUME=1 continues an interrupted meta-training from its newest checkpoint (.cache/checkpoints/).
+export QUICK RESUME
 
-.PHONY: install test quadratic mnist clean
+.PHONY: install test quadratic mnist bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +28,9 @@ quadratic: $(STAMP)
 
 mnist: $(STAMP)
 	$(PY) -m experiments.mnist
+
+bench: $(STAMP)
+	$(PY) -m experiments.bench
 
 clean:
 	rm -rf $(VENV) results/quick .pytest_cache

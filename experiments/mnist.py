@@ -7,11 +7,9 @@ layers and ReLU. Run: ``make mnist`` (full) or ``QUICK=1 make mnist``.
 
 from __future__ import annotations
 
-import argparse
-import os
-
 from metaopt.data import load_dataset
-from metaopt.experiment import ExperimentConfig, Variant, run_experiment
+from metaopt import experiment
+from metaopt.experiment import ExperimentConfig, Variant
 from metaopt.meta_train import MetaTrainConfig
 from metaopt.networks import LSTMConfig
 from metaopt.problems.mlp import MLPFamily, classification_metrics
@@ -51,16 +49,7 @@ def config(quick: bool = False, data_dir: str | None = None) -> ExperimentConfig
 
 
 def main(argv=None) -> dict:
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--quick", action="store_true",
-                      default=os.environ.get("QUICK", "") not in ("", "0"),
-                      help="reduced run (also QUICK=1); writes to results/quick/")
-  parser.add_argument("--data-dir", default=None, help="original MNIST files (default $METAOPT_DATA_DIR)")
-  parser.add_argument("--out", default=None, help="output folder (default results/[quick/]mnist)")
-  parser.add_argument("--no-progress", action="store_true")
-  args = parser.parse_args(argv)
-  out = args.out or os.path.join("results", "quick" if args.quick else "", "mnist")
-  return run_experiment(config(args.quick, args.data_dir), out, progress=not args.no_progress)
+  return experiment.main("mnist", config, argv, __doc__, data=True)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,8 @@ Run: ``make quadratic`` (full) or ``QUICK=1 make quadratic`` / ``--quick`` (seco
 
 from __future__ import annotations
 
-import argparse
-import os
-
-from metaopt.experiment import ExperimentConfig, run_experiment
+from metaopt import experiment
+from metaopt.experiment import ExperimentConfig
 from metaopt.meta_train import MetaTrainConfig
 from metaopt.networks import LSTMConfig
 from metaopt.problems import QuadraticFamily
@@ -34,14 +32,7 @@ def config(quick: bool = False) -> ExperimentConfig:
 
 
 def main(argv=None) -> dict:
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--quick", action="store_true", default=os.environ.get("QUICK", "") not in ("", "0"),
-                      help="reduced run (also QUICK=1); writes to results/quick/")
-  parser.add_argument("--out", default=None, help="output folder (default results/[quick/]quadratic)")
-  parser.add_argument("--no-progress", action="store_true")
-  args = parser.parse_args(argv)
-  out = args.out or os.path.join("results", "quick" if args.quick else "", "quadratic")
-  return run_experiment(config(args.quick), out, progress=not args.no_progress)
+  return experiment.main("quadratic", config, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ from metaopt import checkpoint, data, problems
 from metaopt.checkpoint import list_pretrained, load_meta_params, load_pretrained, save_meta_params
 from metaopt.baselines import BASELINES, tune_baselines, tune_learning_rate
 from metaopt.meta_train import MetaTrainConfig, MetaTrainResult, meta_train
-from metaopt.networks import CoordinatewiseLSTM, LSTMConfig, init_meta_params
+from metaopt.networks import (CoordinatewiseLSTM, GroupedLSTMConfig, LSTMConfig, config_from_dict,
+                               init_meta_params)
 from metaopt.preprocess import log_sign, preprocess
 from metaopt.rule import LearnedRuleState, init_lstm_state, learned_rule, learned_step
 from metaopt.unroll import (UnrollState, init_unroll, jitted_loss_curves, loss_curves,
@@ -17,7 +18,7 @@ from metaopt.unroll import (UnrollState, init_unroll, jitted_loss_curves, loss_c
 __version__ = "0.1.0"
 
 __all__ = [
-    "BASELINES", "checkpoint", "data", "list_pretrained", "load_meta_params", "load_pretrained",
+    "BASELINES", "GroupedLSTMConfig", "checkpoint", "config_from_dict", "data", "list_pretrained", "load_meta_params", "load_pretrained",
     "save_meta_params", "CoordinatewiseLSTM", "LSTMConfig", "LearnedRuleState", "MetaTrainConfig",
     "MetaTrainResult", "UnrollState", "init_lstm_state", "init_meta_params", "init_unroll",
     "jitted_loss_curves", "learned_rule", "learned_step", "log_sign", "loss_curves",

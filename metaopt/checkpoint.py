@@ -1,6 +1,7 @@
 """Save and load trained meta-parameters phi together with their configuration.
 
-Files are flax msgpack: ``{"format", "config", "params", "metadata"}``. Loading
+Files are flax msgpack: ``{"format", "metaopt_version", "config", "params",
+"metadata"}``; ``format`` versions the layout. Loading
 checks phi's structure and shapes against the stored configuration, and (when
 asked) that the configuration is the expected one.
 """
@@ -16,7 +17,7 @@ import jax
 import numpy as np
 from flax import serialization
 
-from metaopt.networks import LSTMConfig, init_meta_params
+from metaopt.networks import LSTMConfig, RuleConfig, config_from_dict, init_meta_params
 
 FORMAT = "metaopt.meta_params/1"
 PRETRAINED_DIR = pathlib.Path(__file__).parent / "pretrained"
@@ -40,7 +41,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     raise
 
 
-def save_meta_params(path: str | os.PathLike, phi: Any, config: LSTMConfig,
+def save_meta_params(path: str | os.PathLike, phi: Any, config: RuleConfig,
                      metadata: dict | None = None) -> None:
   """Save phi and the :class:`LSTMConfig` it was trained with to a msgpack file.
 
@@ -53,8 +54,11 @@ def save_meta_params(path: str | os.PathLike, phi: Any, config: LSTMConfig,
   Example:
     >>> save_meta_params("phi.msgpack", phi, LSTMConfig(), {"trained_on": "quadratic"})
   """
+  from metaopt import __version__
+
   payload = {
       "format": FORMAT,
+      "metaopt_version": __version__,
       "config": config.to_dict(),
       "params": jax.tree.map(np.asarray, serialization.to_state_dict(phi)),
       "metadata": metadata or {},
@@ -62,13 +66,15 @@ def save_meta_params(path: str | os.PathLike, phi: Any, config: LSTMConfig,
   atomic_write_bytes(path, serialization.msgpack_serialize(payload))
 
 
-def _config_difference(a: LSTMConfig, b: LSTMConfig) -> str:
+def _config_difference(a: RuleConfig, b: RuleConfig) -> str:
   da, db = a.to_dict(), b.to_dict()
-  return ", ".join(f"{k}: file has {da[k]!r}, expected {db[k]!r}" for k in da if da[k] != db[k])
+  keys = list(da) + [k for k in db if k not in da]
+  return ", ".join(f"{k}: file has {da.get(k)!r}, expected {db.get(k)!r}"
+                   for k in keys if da.get(k) != db.get(k))
 
 
-def load_meta_params(path: str | os.PathLike, config: LSTMConfig | None = None
-                     ) -> tuple[Any, LSTMConfig, dict]:
+def load_meta_params(path: str | os.PathLike, config: RuleConfig | None = None
+                     ) -> tuple[Any, RuleConfig, dict]:
   """Load phi saved by :func:`save_meta_params`.
 
   Args:
@@ -97,7 +103,7 @@ def load_meta_params(path: str | os.PathLike, config: LSTMConfig | None = None
     raise ValueError(f"{path} is not a metaopt meta-parameter checkpoint (format "
                      f"{payload.get('format') if isinstance(payload, dict) else None!r}, "
                      f"expected {FORMAT!r})")
-  stored = LSTMConfig.from_dict(payload["config"])
+  stored = config_from_dict(payload["config"])
   if config is not None and stored != config:
     raise ValueError(f"checkpoint {path} was made for another network configuration: "
                      f"{_config_difference(stored, config)}")
@@ -123,7 +129,7 @@ def list_pretrained() -> list[str]:
   return sorted(p.stem for p in PRETRAINED_DIR.glob("*.msgpack"))
 
 
-def load_pretrained(name: str) -> tuple[Any, LSTMConfig, dict]:
+def load_pretrained(name: str) -> tuple[Any, RuleConfig, dict]:
   """Load a shipped pretrained rule by name (e.g. ``"quadratic"``).
 
   Returns:
@@ -136,3 +142,79 @@ def load_pretrained(name: str) -> tuple[Any, LSTMConfig, dict]:
   if not path.is_file():
     raise ValueError(f"no pretrained rule named {name!r}; available: {list_pretrained()}")
   return load_meta_params(path)
+
+
+# ---------------------------------------------------------------------------
+# Whole-training-state checkpoints (meta-training resume).
+
+TRAIN_FORMAT = "metaopt.train_state/1"
+_MAGIC = b"METAOPT-CKPT1\n"
+
+
+class CorruptCheckpointError(ValueError):
+  """A checkpoint file is truncated or its checksum does not match."""
+
+
+def _is_key(x) -> bool:
+  return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def save_tree_checkpoint(path: str | os.PathLike, tree: Any, meta: dict) -> None:
+  """Save a pytree of arrays (typed PRNG keys included) and JSON-like ``meta``, atomically.
+
+  The file is a magic line, the SHA-256 of the payload and the msgpack payload,
+  so truncation and bit flips are detected on load.
+  """
+  import hashlib
+
+  leaves = jax.tree.leaves(tree)
+  payload = serialization.msgpack_serialize({
+      "format": TRAIN_FORMAT,
+      "meta": meta,
+      "key_leaves": [i for i, x in enumerate(leaves) if _is_key(x)],
+      "leaves": {str(i): np.asarray(jax.random.key_data(x) if _is_key(x) else x)
+                 for i, x in enumerate(leaves)},
+  })
+  atomic_write_bytes(path, _MAGIC + hashlib.sha256(payload).digest() + payload)
+
+
+def load_tree_checkpoint(path: str | os.PathLike, template: Any) -> tuple[Any, dict]:
+  """Load a checkpoint written by :func:`save_tree_checkpoint` into ``template``'s structure.
+
+  Raises:
+    CorruptCheckpointError: truncated file or checksum mismatch (the message names the path).
+    ValueError: the arrays do not fit ``template`` (another configuration).
+  """
+  import hashlib
+
+  path = pathlib.Path(path)
+  raw = path.read_bytes()
+  head = len(_MAGIC) + 32
+  if len(raw) < head or not raw.startswith(_MAGIC):
+    raise CorruptCheckpointError(f"checkpoint {path} is truncated or not a metaopt checkpoint")
+  payload = raw[head:]
+  if hashlib.sha256(payload).digest() != raw[len(_MAGIC):head]:
+    raise CorruptCheckpointError(f"checkpoint {path} is corrupt (checksum mismatch)")
+  data = serialization.msgpack_restore(payload)
+  if data.get("format") != TRAIN_FORMAT:
+    raise ValueError(f"checkpoint {path} has format {data.get('format')!r}, expected {TRAIN_FORMAT!r}")
+  template_leaves, treedef = jax.tree.flatten(template)
+  stored = data["leaves"]
+  if len(stored) != len(template_leaves):
+    raise ValueError(f"checkpoint {path} holds {len(stored)} arrays; this configuration needs "
+                     f"{len(template_leaves)}")
+  keys = set(data["key_leaves"])
+  leaves = []
+  for i, like in enumerate(template_leaves):
+    value = stored[str(i)]
+    if _is_key(like) != (i in keys):
+      raise ValueError(f"checkpoint {path}: array {i} is {'not ' if i not in keys else ''}a PRNG key")
+    if _is_key(like):
+      leaves.append(jax.random.wrap_key_data(value, impl=jax.random.key_impl(like)))
+      continue
+    like = np.asarray(like)
+    if value.shape != like.shape or value.dtype != like.dtype:
+      raise ValueError(f"checkpoint {path}: array {i} is {value.dtype}{list(value.shape)}, this "
+                       f"configuration needs {like.dtype}{list(like.shape)}")
+    leaves.append(jax.numpy.asarray(value))
+  return treedef.unflatten(leaves), data["meta"]

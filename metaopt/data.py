@@ -123,13 +123,12 @@ def _checked(ds: Dataset, name: str) -> Dataset:
   return ds
 
 
-def _load_tfds(name: str, tfds_data_dir: str | None, download: bool,
-               manual_dir: str | None) -> Dataset:
+def _load_tfds(name: str, tfds_data_dir: str | None, manual_dir: str | None) -> Dataset:
   import tensorflow_datasets as tfds
 
   config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
   splits = tfds.load(name, split=["train", "test"], batch_size=-1, as_supervised=True,
-                     data_dir=tfds_data_dir, download=download,
+                     data_dir=tfds_data_dir, download=True,
                      download_and_prepare_kwargs={"download_config": config} if config else None)
   (tr_x, tr_y), (te_x, te_y) = tfds.as_numpy(splits)
   return _checked(Dataset(tr_x.astype(np.uint8), tr_y.astype(np.int32),
@@ -147,7 +146,8 @@ def load_dataset(name: str, path: str | os.PathLike | None = None, *,
     use_tfds: force (True) or forbid (False) the tensorflow-datasets route;
       default: tfds only when no local data directory is set.
     tfds_data_dir: tfds cache folder (default tfds's own).
-    tfds_manual_dir: hand tfds local original files instead of downloading.
+    tfds_manual_dir: a folder of the original files that tfds uses instead of
+      downloading them (it still checks them against its registered checksums).
 
   Returns:
     A :class:`Dataset`; images are uint8 (N, H, W, C), labels int32 in [0, 10).
@@ -164,8 +164,7 @@ def load_dataset(name: str, path: str | os.PathLike | None = None, *,
     raise ValueError(f"unknown data set {name!r}; expected one of {DATASETS}")
   folder = data_dir(path)
   if use_tfds or (use_tfds is None and folder is None):
-    return _load_tfds(name, tfds_data_dir, download=tfds_manual_dir is None,
-                      manual_dir=tfds_manual_dir)
+    return _load_tfds(name, tfds_data_dir, manual_dir=tfds_manual_dir)
   if folder is None:
     raise DataError(f"no data directory: pass one or set {DATA_DIR_ENV}")
   if name == "cifar10":

@@ -18,7 +18,7 @@ from metaopt.baselines import BASELINES, DEFAULT_GRID, tune_baselines
 from metaopt.checkpoint import save_meta_params
 from metaopt.evaluate import format_table, make_summary, plot_curves, summarize_curves, write_summary
 from metaopt.meta_train import MetaTrainConfig, meta_train
-from metaopt.networks import LSTMConfig
+from metaopt.networks import RuleConfig
 from metaopt.problems.base import ProblemFamily
 from metaopt.rule import learned_rule
 from metaopt.unroll import jitted_loss_curves, sample_tasks
@@ -70,7 +70,7 @@ class ExperimentConfig:
 
   name: str
   family: ProblemFamily
-  lstm: LSTMConfig
+  lstm: RuleConfig
   train: MetaTrainConfig
   eval_steps: int = 100
   variants: Sequence[Variant] | None = None
@@ -81,6 +81,25 @@ class ExperimentConfig:
   test_metrics: TestMetrics | None = None
   test_data: Any = None
   seed: int = 0
+
+  def __post_init__(self):
+    unknown = [b for b in self.baselines if b not in BASELINES]
+    if unknown:
+      raise ValueError(f"ExperimentConfig.baselines: unknown {unknown}; allowed {sorted(BASELINES)}")
+    grid = [float(r) for r in self.lr_grid]
+    if len(grid) < 3 or min(grid) <= 0:
+      raise ValueError(f"ExperimentConfig.lr_grid must hold at least 3 positive learning rates, "
+                       f"got {list(self.lr_grid)}")
+    for name in ("eval_steps", "num_test_problems", "num_tune_problems"):
+      if int(getattr(self, name)) <= 0:
+        raise ValueError(f"ExperimentConfig.{name} must be a positive integer, got "
+                         f"{getattr(self, name)!r}")
+    for v in self.all_variants():
+      if int(v.steps) <= 0:
+        raise ValueError(f"variant {v.name!r}: steps must be a positive integer, got {v.steps!r}")
+    names = [v.name for v in self.all_variants()]
+    if len(set(names)) != len(names):
+      raise ValueError(f"ExperimentConfig.variants: duplicate names in {names}")
 
   def all_variants(self) -> tuple[Variant, ...]:
     return tuple(self.variants) if self.variants else (Variant("base", self.family, self.eval_steps),)
@@ -135,20 +154,21 @@ def evaluate_variant(cfg: ExperimentConfig, variant: Variant, phi: Any, tuned: d
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | pathlib.Path,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, checkpoint_dir: str | pathlib.Path | None = None,
+                   resume: bool = False) -> dict:
   """Meta-train the LSTM, tune the baselines, evaluate everything; write the results.
 
   Writes ``summary.json``, ``curves.png`` and ``lstm.msgpack`` (phi and its
-  configuration) into ``out_dir`` and prints a table.
+  configuration) into ``out_dir`` and prints a table. With ``checkpoint_dir``,
+  meta-training checkpoints there (and on SIGINT/SIGTERM); ``resume`` continues
+  from the newest good checkpoint.
 
   Returns:
     The summary dict (schema of DESIGN.md section 6).
   """
   out_dir = pathlib.Path(out_dir)
-  unknown = [b for b in cfg.baselines if b not in BASELINES]
-  if unknown:
-    raise ValueError(f"ExperimentConfig.baselines: unknown {unknown}; allowed {list(BASELINES)}")
-  result = meta_train(cfg.family, cfg.lstm, cfg.train, progress=progress)
+  result = meta_train(cfg.family, cfg.lstm, cfg.train, progress=progress,
+                      checkpoint_dir=checkpoint_dir, resume=resume)
   print(f"meta-training: {result.seconds:.1f} s, best validation loss "
         f"{result.best_valid_loss:.4g}, skipped meta-steps {result.num_skipped}")
   save_meta_params(out_dir / "lstm.msgpack", result.phi, cfg.lstm,
@@ -174,3 +194,32 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | pathlib.Path,
   print(format_table(summary))
   print(f"wrote {out_dir / 'summary.json'}, {out_dir / 'curves.png'}, {out_dir / 'lstm.msgpack'}")
   return summary
+
+
+def main(name: str, make_config: Callable[..., ExperimentConfig], argv=None,
+         doc: str | None = None, data: bool = False) -> dict:
+  """Command line shared by ``experiments/*.py``: --quick, --out, --resume, --data-dir.
+
+  ``QUICK=1`` and ``RESUME=1`` in the environment act like the flags (the
+  Makefile passes them through). Checkpoints go to ``.cache/checkpoints/<out>``.
+  """
+  import argparse
+  import os
+
+  flag = lambda var: os.environ.get(var, "") not in ("", "0")
+  parser = argparse.ArgumentParser(description=doc)
+  parser.add_argument("--quick", action="store_true", default=flag("QUICK"),
+                      help="reduced run (also QUICK=1); writes to results/quick/")
+  parser.add_argument("--resume", action="store_true", default=flag("RESUME"),
+                      help="continue meta-training from the newest good checkpoint (also RESUME=1)")
+  parser.add_argument("--out", default=None, help=f"output folder (default results/[quick/]{name})")
+  parser.add_argument("--no-progress", action="store_true")
+  if data:
+    parser.add_argument("--data-dir", default=None,
+                        help="folder of the original data files (default $METAOPT_DATA_DIR)")
+  args = parser.parse_args(argv)
+  out = pathlib.Path(args.out or os.path.join("results", "quick" if args.quick else "", name))
+  cfg = make_config(args.quick, args.data_dir) if data else make_config(args.quick)
+  checkpoints = pathlib.Path(".cache", "checkpoints", *out.resolve().parts[-2:])
+  return run_experiment(cfg, out, progress=not args.no_progress, checkpoint_dir=checkpoints,
+                        resume=args.resume)

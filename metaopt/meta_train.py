@@ -13,6 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import pathlib
+import signal
+import sys
+import threading
 import time
 from typing import Any, NamedTuple
 
@@ -22,7 +27,8 @@ import numpy as np
 import optax
 import tqdm
 
-from metaopt.networks import LSTMConfig, init_meta_params
+from metaopt.checkpoint import CorruptCheckpointError, load_tree_checkpoint, save_tree_checkpoint
+from metaopt.networks import LSTMConfig, RuleConfig, init_meta_params
 from metaopt.problems.base import ProblemFamily, Task
 from metaopt.rule import learned_rule
 from metaopt.unroll import UnrollState, init_unroll, jitted_loss_curves, sample_tasks, unroll
@@ -40,10 +46,12 @@ class MetaTrainConfig:
     meta_learning_rate: Adam's learning rate for phi.
     clip_norm: meta-gradients are clipped to this global norm.
     second_order: let meta-gradients flow through the optimizee's gradients.
-    remat: rematerialize each optimizee step in the backward pass.
+    remat: two-level rematerialization of the unroll in the backward pass (less memory).
     valid_every: meta-steps between validations (early stopping keeps the best phi).
     num_valid_problems: size of the fixed validation set (fresh problems).
     seed: seeds phi's initialization, the problems and the validation set.
+    checkpoint_every: meta-steps between checkpoints (when a checkpoint folder is given).
+    max_consecutive_nonfinite: stop after this many non-finite meta-steps in a row.
     collapse_factor: if set, a validation loss above ``collapse_factor`` x the best
       one restores the best phi and resets the meta-optimizer (a guard against
       the learned rule collapsing, e.g. to chance on MNIST); None disables it.
@@ -61,10 +69,12 @@ class MetaTrainConfig:
   num_valid_problems: int = 128
   seed: int = 0
   collapse_factor: float | None = None
+  checkpoint_every: int = 100
+  max_consecutive_nonfinite: int = 20
 
   def __post_init__(self):
     for name in ("horizon", "unroll_length", "batch_size", "num_meta_steps", "valid_every",
-                 "num_valid_problems"):
+                 "num_valid_problems", "checkpoint_every", "max_consecutive_nonfinite"):
       if int(getattr(self, name)) <= 0:
         raise ValueError(f"MetaTrainConfig.{name} must be a positive integer, got "
                          f"{getattr(self, name)!r}")
@@ -116,7 +126,7 @@ def meta_optimizer(cfg: MetaTrainConfig) -> optax.GradientTransformation:
   return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), optax.adam(cfg.meta_learning_rate))
 
 
-def start_runs(family: ProblemFamily, config: LSTMConfig, phi: Any, key: jax.Array,
+def start_runs(family: ProblemFamily, config: RuleConfig, phi: Any, key: jax.Array,
                batch_size: int) -> tuple[Task, UnrollState]:
   """Draw ``batch_size`` fresh problems and start a run of the learned rule on each."""
   k_tasks, k_runs = jax.random.split(key)
@@ -127,7 +137,7 @@ def start_runs(family: ProblemFamily, config: LSTMConfig, phi: Any, key: jax.Arr
   return tasks, runs
 
 
-def truncated_meta_loss(phi: Any, config: LSTMConfig, family: ProblemFamily, tasks: Task,
+def truncated_meta_loss(phi: Any, config: RuleConfig, family: ProblemFamily, tasks: Task,
                         runs: UnrollState, num_steps: int, second_order: bool = False,
                         remat: bool = False) -> tuple[jax.Array, tuple[UnrollState, jax.Array]]:
   """Mean over problems of sum_t f(theta_t) over one unroll of the learned rule.
@@ -148,7 +158,7 @@ def truncated_meta_loss(phi: Any, config: LSTMConfig, family: ProblemFamily, tas
   return jnp.mean(totals), aux
 
 
-def make_meta_step(config: LSTMConfig, cfg: MetaTrainConfig):
+def make_meta_step(config: RuleConfig, cfg: MetaTrainConfig):
   """The jitted meta-step: one unroll, its meta-gradient and one meta-update.
 
   A non-finite meta-loss or meta-gradient leaves phi and the meta-optimizer
@@ -177,21 +187,42 @@ def make_meta_step(config: LSTMConfig, cfg: MetaTrainConfig):
   return meta_step
 
 
-def init_train_state(family: ProblemFamily, config: LSTMConfig, cfg: MetaTrainConfig
+def shard_over_devices(state: TrainState, devices=None) -> TrainState:
+  """Shard the problem batch of ``state`` across ``devices`` (default: all), replicate phi.
+
+  With more than one device, jit then runs each device's share of the problems
+  and XLA reduces the mean meta-gradient across devices; with one device (or a
+  batch that does not divide evenly) the state is returned unchanged.
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  batch = jax.tree.leaves(state.runs)[0].shape[0]
+  if len(devices) == 1 or batch % len(devices):
+    return state
+  mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
+  split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return TrainState(
+      phi=jax.device_put(state.phi, replicated),
+      meta_opt_state=jax.device_put(state.meta_opt_state, replicated),
+      tasks=jax.device_put(state.tasks, split), runs=jax.device_put(state.runs, split),
+      key=jax.device_put(state.key, replicated), step=jax.device_put(state.step, replicated))
+
+
+def init_train_state(family: ProblemFamily, config: RuleConfig, cfg: MetaTrainConfig
                      ) -> TrainState:
   """phi from ``cfg.seed``, a fresh meta-optimizer state and a first batch of runs."""
   k_phi, k_data = jax.random.split(jax.random.key(cfg.seed))
   phi = init_meta_params(config, k_phi)
   k_runs, k_data = jax.random.split(k_data)
   tasks, runs = _jitted_start_runs(family, config, phi, k_runs, cfg.batch_size)
-  return TrainState(phi, meta_optimizer(cfg).init(phi), tasks, runs, k_data,
-                    jnp.zeros((), jnp.int32))
+  return shard_over_devices(TrainState(phi, meta_optimizer(cfg).init(phi), tasks, runs, k_data,
+                                       jnp.zeros((), jnp.int32)))
 
 
 _jitted_start_runs = jax.jit(start_runs, static_argnums=(1, 4))
 
 
-def validation_loss(phi: Any, config: LSTMConfig, family: ProblemFamily, tasks: Task,
+def validation_loss(phi: Any, config: RuleConfig, family: ProblemFamily, tasks: Task,
                     keys: jax.Array, horizon: int) -> float:
   """Mean over validation problems and steps 1..horizon of the learned rule's loss."""
   curves = jitted_loss_curves(functools.partial(learned_rule, config=config), family,
@@ -199,61 +230,217 @@ def validation_loss(phi: Any, config: LSTMConfig, family: ProblemFamily, tasks: 
   return float(jnp.mean(curves[:, 1:]))
 
 
-def meta_train(family: ProblemFamily, config: LSTMConfig, cfg: MetaTrainConfig,
-               progress: bool = True) -> MetaTrainResult:
+class MetaTrainingStopped(RuntimeError):
+  """Meta-training stopped early; ``result`` holds the best phi found so far."""
+
+  def __init__(self, message: str, result: "MetaTrainResult"):
+    super().__init__(message)
+    self.result = result
+
+
+class _SignalFlag:
+  """Turns SIGINT / SIGTERM into a flag checked between meta-steps (main thread only)."""
+
+  def __init__(self, enabled: bool):
+    self.enabled = enabled and threading.current_thread() is threading.main_thread()
+    self.signum = None
+    self._previous = {}
+
+  def __enter__(self):
+    if self.enabled:
+      for sig in (signal.SIGINT, signal.SIGTERM):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signum = signum
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+class Checkpointer:
+  """Keeps the ``keep`` newest whole-training-state checkpoints in ``directory``.
+
+  Files are ``step_<meta-step>.ckpt`` written atomically with a checksum; a
+  corrupt newest file is reported and the previous good one is used.
+  """
+
+  def __init__(self, directory: str | os.PathLike, config: RuleConfig, cfg: MetaTrainConfig,
+               keep: int = 2):
+    self.directory = pathlib.Path(directory)
+    self.keep = keep
+    self.identity = {"lstm_config": config.to_dict(), "meta_train_config": _resumable_fields(cfg)}
+
+  def set_aside(self) -> None:
+    """Move existing checkpoints to ``<directory>/replaced/`` (a fresh run replaces them)."""
+    old = self.paths()
+    if old:
+      (self.directory / "replaced").mkdir(parents=True, exist_ok=True)
+      for path in old:
+        path.replace(self.directory / "replaced" / path.name)
+      print(f"moved {len(old)} old checkpoint(s) to {self.directory / 'replaced'}", file=sys.stderr)
+
+  def paths(self) -> list[pathlib.Path]:
+    """Existing checkpoints, newest first."""
+    return sorted(self.directory.glob("step_*.ckpt"), reverse=True)
+
+  def save(self, tree: Any, loop: dict) -> pathlib.Path:
+    path = self.directory / f"step_{loop['step']:09d}.ckpt"
+    save_tree_checkpoint(path, tree, {**self.identity, "loop": loop})
+    for old in self.paths()[self.keep:]:
+      old.unlink(missing_ok=True)
+    return path
+
+  def restore(self, template: Any) -> tuple[Any, dict] | None:
+    for path in self.paths():
+      try:
+        tree, meta = load_tree_checkpoint(path, template)
+      except CorruptCheckpointError as e:
+        print(f"warning: {e}; trying the previous checkpoint", file=sys.stderr)
+        continue
+      for key, value in self.identity.items():
+        if meta.get(key) != value:
+          diff = {k: (meta.get(key, {}).get(k), v) for k, v in value.items()
+                  if meta.get(key, {}).get(k) != v}
+          raise ValueError(f"checkpoint {path} was made for another configuration; "
+                           + ", ".join(f"{k}: checkpoint has {a!r}, this run has {b!r}"
+                                       for k, (a, b) in diff.items()))
+      return tree, meta["loop"]
+    return None
+
+
+def _resumable_fields(cfg: MetaTrainConfig) -> dict:
+  """The settings a resumed run must share with its checkpoint (all but length and logging)."""
+  d = dataclasses.asdict(cfg)
+  for field in ("num_meta_steps", "checkpoint_every", "max_consecutive_nonfinite"):
+    d.pop(field)
+  return d
+
+
+def meta_train(family: ProblemFamily, config: RuleConfig, cfg: MetaTrainConfig,
+               progress: bool = True, checkpoint_dir: str | os.PathLike | None = None,
+               resume: bool = False) -> MetaTrainResult:
   """Meta-train the learned rule on ``family`` by truncated BPTT with early stopping.
+
+  With ``checkpoint_dir``, the whole training state (phi, meta-optimizer state,
+  PRNG key, step, best phi and its score, the in-flight problems, optimizee
+  parameters and LSTM states, and the history) is written every
+  ``cfg.checkpoint_every`` meta-steps and when SIGINT/SIGTERM arrives; with
+  ``resume=True`` training continues from the newest good checkpoint and ends
+  with exactly the phi of an uninterrupted run.
 
   Args:
     family: the problem family to sample training and validation problems from.
-    config: the LSTM configuration.
+    config: the rule's configuration (one LSTM or one per group).
     cfg: meta-training settings.
     progress: show a tqdm bar with the meta-loss and validation loss.
+    checkpoint_dir: where to keep checkpoints (None: no checkpoints).
+    resume: continue from the newest good checkpoint in ``checkpoint_dir``.
 
   Returns:
     A :class:`MetaTrainResult` whose ``phi`` is the best on validation.
+
+  Raises:
+    MetaTrainingStopped: ``cfg.max_consecutive_nonfinite`` non-finite meta-steps
+      in a row; its ``result`` keeps the best phi so far.
 
   Example:
     >>> result = meta_train(QuadraticFamily(), LSTMConfig(), MetaTrainConfig(num_meta_steps=50))
     >>> opt = learned_rule(result.phi, LSTMConfig())
   """
+  # SIGINT/SIGTERM are caught from the start (compilation included) and acted on
+  # after the current meta-step: checkpoint, then exit.
+  with _SignalFlag(checkpoint_dir is not None) as interrupted:
+    return _meta_train(family, config, cfg, progress, checkpoint_dir, resume, interrupted)
+
+
+def _meta_train(family, config, cfg, progress, checkpoint_dir, resume, interrupted):
   start = time.perf_counter()
   unrolls_per_run = cfg.horizon // cfg.unroll_length
   valid_tasks, valid_keys = sample_tasks(
       family, jax.random.fold_in(jax.random.key(cfg.seed), 1_000_003), cfg.num_valid_problems)
   meta_step = make_meta_step(config, cfg)
   state = init_train_state(family, config, cfg)
-  history = {"meta_loss": [], "valid_step": [], "valid_loss": [], "restored_at": []}
-  best_phi, best_valid = state.phi, validation_loss(state.phi, config, family, valid_tasks,
-                                                    valid_keys, cfg.horizon)
-  history["valid_step"].append(0)
-  history["valid_loss"].append(best_valid)
-  num_skipped = 0
-  bar = tqdm.trange(cfg.num_meta_steps, disable=not progress, desc="meta-train")
-  unrolls_done = 0  # unrolls into the current runs
+  best_phi = state.phi
+  loop = {"step": 0, "unrolls_done": 0, "best_valid": None, "num_skipped": 0,
+          "consecutive_nonfinite": 0,
+          "history": {"meta_loss": [], "valid_step": [], "valid_loss": [], "restored_at": []}}
+  checkpointer = Checkpointer(checkpoint_dir, config, cfg) if checkpoint_dir else None
+  if checkpointer is not None and not resume:
+    checkpointer.set_aside()
+  if resume:
+    if checkpointer is None:
+      raise ValueError("meta_train: resume=True needs a checkpoint_dir")
+    restored = checkpointer.restore({"train": state, "best_phi": best_phi})
+    if restored is not None:
+      (tree, loop) = restored
+      state, best_phi = shard_over_devices(tree["train"]), tree["best_phi"]
+      print(f"resumed from meta-step {loop['step']} ({checkpointer.directory})", file=sys.stderr)
+  history = loop["history"]
+  if loop["best_valid"] is None:
+    loop["best_valid"] = validation_loss(state.phi, config, family, valid_tasks, valid_keys,
+                                         cfg.horizon)
+    history["valid_step"].append(0)
+    history["valid_loss"].append(loop["best_valid"])
+
+  def result(phi_last):
+    return MetaTrainResult(best_phi, loop["best_valid"], phi_last, history, loop["num_skipped"],
+                           time.perf_counter() - start)
+
+  def save():
+    if checkpointer is not None:
+      checkpointer.save({"train": state, "best_phi": best_phi}, loop)
+
+  bar = tqdm.tqdm(range(loop["step"], cfg.num_meta_steps), initial=loop["step"],
+                  total=cfg.num_meta_steps, disable=not progress, desc="meta-train")
   for i in bar:
-    if unrolls_done == unrolls_per_run:  # the runs have ended: fresh problems
+    if loop["unrolls_done"] == unrolls_per_run:  # the runs have ended: fresh problems
       k_runs, k_next = jax.random.split(state.key)
       tasks, runs = _jitted_start_runs(family, config, state.phi, k_runs, cfg.batch_size)
-      state, unrolls_done = state._replace(tasks=tasks, runs=runs, key=k_next), 0
+      state = shard_over_devices(state._replace(tasks=tasks, runs=runs, key=k_next))
+      loop["unrolls_done"] = 0
     state, metrics = meta_step(family, state)
-    unrolls_done += 1
+    loop["unrolls_done"] += 1
     loss = float(metrics["meta_loss"])
     history["meta_loss"].append(loss)
-    if not bool(metrics["finite"]):
-      num_skipped += 1
-      unrolls_done = unrolls_per_run  # the runs may hold non-finite values: restart them
+    if bool(metrics["finite"]):
+      loop["consecutive_nonfinite"] = 0
+    else:
+      loop["num_skipped"] += 1
+      loop["consecutive_nonfinite"] += 1
+      loop["unrolls_done"] = unrolls_per_run  # the runs may hold non-finite values: restart
     if (i + 1) % cfg.valid_every == 0 or i + 1 == cfg.num_meta_steps:
       valid = validation_loss(state.phi, config, family, valid_tasks, valid_keys, cfg.horizon)
       history["valid_step"].append(i + 1)
       history["valid_loss"].append(valid)
-      if valid < best_valid:
-        best_phi, best_valid = state.phi, valid
-      elif cfg.collapse_factor is not None and not valid <= cfg.collapse_factor * best_valid:
+      if valid < loop["best_valid"]:
+        best_phi, loop["best_valid"] = state.phi, valid
+      elif cfg.collapse_factor is not None and not valid <= cfg.collapse_factor * loop["best_valid"]:
         state = state._replace(phi=best_phi, meta_opt_state=meta_optimizer(cfg).init(best_phi))
         history["restored_at"].append(i + 1)
+    loop["step"] = i + 1
     bar.set_postfix(meta_loss=f"{loss:.4g}", valid=f"{history['valid_loss'][-1]:.4g}",
-                    best=f"{best_valid:.4g}", skipped=num_skipped,
+                    best=f"{loop['best_valid']:.4g}", skipped=loop["num_skipped"],
                     restored=len(history["restored_at"]))
+    if interrupted.signum is not None or (i + 1) % cfg.checkpoint_every == 0:
+      save()
+    if interrupted.signum is not None:
+      bar.close()
+      print(f"meta-training interrupted by signal {interrupted.signum} at meta-step {i + 1}; "
+            f"checkpoint saved in {checkpointer.directory}", file=sys.stderr)
+      if interrupted.signum == signal.SIGINT:
+        raise KeyboardInterrupt
+      raise SystemExit(128 + interrupted.signum)
+    if loop["consecutive_nonfinite"] >= cfg.max_consecutive_nonfinite:
+      save()
+      raise MetaTrainingStopped(
+          f"meta-training stopped at meta-step {i + 1}: {loop['consecutive_nonfinite']} "
+          f"non-finite meta-losses or meta-gradients in a row (max_consecutive_nonfinite="
+          f"{cfg.max_consecutive_nonfinite}); the best phi so far (validation loss "
+          f"{loop['best_valid']:.4g}) is kept in the exception's result", result(state.phi))
+  save()
   jax.block_until_ready(best_phi)
-  return MetaTrainResult(best_phi, best_valid, state.phi, history, num_skipped,
-                         time.perf_counter() - start)
+  return result(state.phi)

@@ -10,7 +10,8 @@ state aligned with (and sharded like) the parameters.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+import re
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -113,19 +114,99 @@ class CoordinatewiseLSTM(nn.Module):
     return out * cfg.output_scale, tuple(new_hidden), tuple(new_cell)
 
 
-def init_meta_params(config: LSTMConfig, key: jax.Array) -> dict:
+@dataclasses.dataclass(frozen=True)
+class GroupedLSTMConfig:
+  """One LSTM per parameter group, groups assigned by regular expressions on parameter paths.
+
+  The paper's CIFAR-10 optimizer uses one LSTM for convolution parameters and
+  one for fully connected ones; the official code assigns them by variable
+  name. Here a parameter's path (``jax.tree_util.keystr``, e.g.
+  ``"['conv_0']['kernel']"``) is matched against ``assign`` in order; the first
+  match names its group, and unmatched parameters go to ``default``.
+
+  Attributes:
+    groups: ``((name, LSTMConfig), ...)``: each group's network.
+    assign: ``((regex, group name), ...)``, first match wins (``re.search``).
+    default: the group of parameters no pattern matches (None: that is an error).
+
+  Example:
+    >>> config = GroupedLSTMConfig(
+    ...     groups=(("conv", LSTMConfig()), ("fc", LSTMConfig())),
+    ...     assign=((r"conv", "conv"),), default="fc")
+    >>> phi = init_meta_params(config, jax.random.key(0))   # {"conv": ..., "fc": ...}
+    >>> opt = metaopt.learned_rule(phi, config)               # an optax.partition
+  """
+
+  groups: tuple[tuple[str, LSTMConfig], ...]
+  assign: tuple[tuple[str, str], ...] = ()
+  default: str | None = None
+
+  def __post_init__(self):
+    object.__setattr__(self, "groups", tuple((str(n), c) for n, c in self.groups))
+    object.__setattr__(self, "assign", tuple((str(p), str(g)) for p, g in self.assign))
+    names = [n for n, _ in self.groups]
+    if not names or len(set(names)) != len(names):
+      raise ValueError(f"GroupedLSTMConfig.groups must have distinct names, got {names}")
+    for pattern, group in self.assign:
+      if group not in names:
+        raise ValueError(f"GroupedLSTMConfig.assign maps {pattern!r} to unknown group {group!r}; "
+                         f"groups are {names}")
+      re.compile(pattern)
+    if self.default is not None and self.default not in names:
+      raise ValueError(f"GroupedLSTMConfig.default {self.default!r} is not a group; groups are {names}")
+
+  def group_of(self, path: str) -> str:
+    """The group of the parameter at ``path`` (a ``keystr``)."""
+    for pattern, group in self.assign:
+      if re.search(pattern, path):
+        return group
+    if self.default is None:
+      raise ValueError(f"parameter {path} matches no pattern of {[p for p, _ in self.assign]} "
+                       "and GroupedLSTMConfig has no default group")
+    return self.default
+
+  def labels(self, params: Any) -> Any:
+    """A tree like ``params`` holding each leaf's group name (for ``optax.partition``)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: self.group_of(jax.tree_util.keystr(path)), params)
+
+  def to_dict(self) -> dict:
+    """Plain-JSON form, used in checkpoints."""
+    return {"groups": {n: c.to_dict() for n, c in self.groups},
+            "assign": [list(a) for a in self.assign], "default": self.default}
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "GroupedLSTMConfig":
+    """Inverse of :meth:`to_dict`."""
+    return cls(tuple((n, LSTMConfig.from_dict(c)) for n, c in d["groups"].items()),
+               tuple(tuple(a) for a in d["assign"]), d.get("default"))
+
+
+RuleConfig = LSTMConfig | GroupedLSTMConfig
+
+
+def config_from_dict(d: dict) -> RuleConfig:
+  """Rebuild an :class:`LSTMConfig` or :class:`GroupedLSTMConfig` from its ``to_dict``."""
+  return GroupedLSTMConfig.from_dict(d) if "groups" in d else LSTMConfig.from_dict(d)
+
+
+def init_meta_params(config: RuleConfig, key: jax.Array) -> dict:
   """Fresh meta-parameters phi for ``config``.
 
   Args:
-    config: the network configuration.
+    config: the network configuration (one LSTM, or one per group).
     key: a typed PRNG key (``jax.random.key``).
 
   Returns:
-    A flax parameter dict ``{"params": ...}``, shared by every coordinate.
+    A flax parameter dict ``{"params": ...}``, shared by every coordinate; for
+    a :class:`GroupedLSTMConfig`, ``{group name: such a dict}``.
 
   Example:
     >>> phi = init_meta_params(LSTMConfig(), jax.random.key(0))
   """
+  if isinstance(config, GroupedLSTMConfig):
+    return {name: init_meta_params(c, jax.random.fold_in(key, i))
+            for i, (name, c) in enumerate(config.groups)}
   g = jnp.zeros((1,), jnp.float32)
   states = tuple(jnp.zeros((1, h), jnp.float32) for h in config.hidden_sizes)
   return CoordinatewiseLSTM(config).init(key, g, states, states)

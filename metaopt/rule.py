@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metaopt.networks import CoordinatewiseLSTM, LSTMConfig
+from metaopt.networks import CoordinatewiseLSTM, GroupedLSTMConfig, LSTMConfig, RuleConfig
 
 
 class LearnedRuleState(NamedTuple):
@@ -109,28 +109,44 @@ def learned_step(
   )
 
 
-def learned_rule(meta_params: Any, config: LSTMConfig = LSTMConfig()
+def learned_rule(meta_params: Any, config: RuleConfig = LSTMConfig(),
+                 learning_rate_multiplier: float | jax.Array = 1.0,
                  ) -> optax.GradientTransformationExtraArgs:
   """The coordinatewise LSTM optimizer of Andrychowicz et al. (2016) as an optax transform.
 
   .. math::
      [g_t, h_{t+1}] = m(\\nabla f(\\theta_t), h_t; \\phi), \\qquad
-     \\theta_{t+1} = \\theta_t + g_t
+     \\theta_{t+1} = \\theta_t + \\lambda g_t
 
-  The LSTM output is returned as is (optax also *adds* updates), so use it
-  with ``optax.apply_updates`` and do not negate it.
+  where m is a small LSTM (:class:`metaopt.networks.CoordinatewiseLSTM`)
+  applied to every coordinate with shared weights phi and lambda is
+  ``learning_rate_multiplier`` (1 as trained).
+
+  **Sign convention.** The LSTM output is returned as is; optax also *adds*
+  updates, so use ``optax.apply_updates`` and do not negate it.
+
+  **State.** An ``(h, c)`` pair per LSTM layer for every parameter coordinate,
+  float32, shaped ``param.shape + (hidden,)`` and built with tree maps over the
+  params (so ``optax.tree.map_params``, masking and sharding follow the params):
+  ``2 * 4 * sum(hidden_sizes)`` bytes per coordinate, i.e. 320 bytes per
+  parameter for the default 2 x 20 network.
 
   Args:
     meta_params: trained phi (e.g. from :func:`metaopt.checkpoint.load_pretrained`).
-    config: the network configuration phi was trained with.
+    config: the network configuration phi was trained with. A
+      :class:`metaopt.networks.GroupedLSTMConfig` gives each parameter group its
+      own LSTM (``meta_params`` = ``{group: phi}``) via ``optax.partition``.
+    learning_rate_multiplier: scales the updates (a numeric hyper-parameter, so
+      ``optax.inject_hyperparams`` can schedule it).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. ``update(grads, state,
-    params=None, **extra_args)`` ignores ``params`` and extra arguments.
+    params=None, **extra_args)`` ignores ``params`` and extra arguments; updates
+    have the gradients' dtype (bf16 in, bf16 out).
 
   Example:
-    >>> phi = metaopt.init_meta_params(metaopt.LSTMConfig(), jax.random.key(0))
-    >>> opt = optax.chain(optax.clip(1.0), metaopt.learned_rule(phi))
+    >>> phi, config, _ = metaopt.load_pretrained("quadratic")
+    >>> opt = optax.chain(optax.clip_by_global_norm(10.0), metaopt.learned_rule(phi, config))
     >>> params = {"w": jnp.ones(3)}
     >>> state = opt.init(params)
     >>> updates, state = opt.update({"w": jnp.ones(3)}, state)
@@ -138,8 +154,17 @@ def learned_rule(meta_params: Any, config: LSTMConfig = LSTMConfig()
 
   References:
     Andrychowicz et al., "Learning to learn by gradient descent by gradient
-    descent", NIPS 2016.
+    descent", NIPS 2016. https://arxiv.org/abs/1606.04474
   """
+
+  if isinstance(config, GroupedLSTMConfig):
+    missing = [n for n, _ in config.groups if n not in meta_params]
+    if missing:
+      raise ValueError(f"learned_rule: meta_params lack the groups {missing} of the config")
+    return optax.partition(
+        {name: learned_rule(meta_params[name], c, learning_rate_multiplier)
+         for name, c in config.groups},
+        config.labels)
 
   def init_fn(params):
     _check_float_leaves(params, "params")
@@ -148,6 +173,9 @@ def learned_rule(meta_params: Any, config: LSTMConfig = LSTMConfig()
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     _check_float_leaves(updates, "gradient")
-    return learned_step(meta_params, config, updates, state)
+    updates, state = learned_step(meta_params, config, updates, state)
+    if not (isinstance(learning_rate_multiplier, (int, float)) and learning_rate_multiplier == 1):
+      updates = jax.tree.map(lambda u: (u * learning_rate_multiplier).astype(u.dtype), updates)
+    return updates, state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

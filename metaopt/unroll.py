@@ -71,8 +71,9 @@ def unroll(optimizer: optax.GradientTransformation, family: ProblemFamily, task:
     state: where to start (from :func:`init_unroll` or a previous unroll).
     num_steps: number of optimizee steps (static).
     second_order: let meta-gradients flow through the optimizee's gradients.
-    remat: recompute each step's forward pass in the backward pass
-      (``jax.checkpoint``), trading compute for memory.
+    remat: rematerialize in two levels (``jax.checkpoint`` of chunks of about
+      sqrt(num_steps) steps, recomputed one at a time in the backward pass),
+      trading one extra forward pass for memory that grows sublinearly.
 
   Returns:
     ``(new_state, losses)`` with ``losses[i] = f(theta_{t0+i})`` for
@@ -98,11 +99,23 @@ def unroll(optimizer: optax.GradientTransformation, family: ProblemFamily, task:
     return UnrollState(params, model_state, opt_state, carry.key, carry.step + 1), loss
 
   if remat:
-    step = jax.checkpoint(step)
-  state, losses = jax.lax.scan(step, state, length=num_steps)
+    # Two-level rematerialization: the backward pass keeps only the carry at chunk
+    # boundaries and recomputes one chunk at a time, so memory grows ~ sqrt(num_steps).
+    chunk = remat_chunk_size(num_steps)
+    chunk_body = jax.checkpoint(lambda carry, _: jax.lax.scan(step, carry, length=chunk))
+    state, losses = jax.lax.scan(chunk_body, state, length=num_steps // chunk)
+    losses = losses.reshape(num_steps)
+  else:
+    state, losses = jax.lax.scan(step, state, length=num_steps)
   final_loss, _ = family.loss(state.params, state.model_state, task,
                               jax.random.fold_in(state.key, state.step))
   return state, jnp.concatenate([losses, final_loss[None]])
+
+
+def remat_chunk_size(num_steps: int) -> int:
+  """The divisor of ``num_steps`` closest to its square root (chunk length for ``remat``)."""
+  divisors = [d for d in range(1, num_steps + 1) if num_steps % d == 0]
+  return min(divisors, key=lambda d: abs(d - num_steps ** 0.5))
 
 
 def loss_curves(optimizer: optax.GradientTransformation, family: ProblemFamily,

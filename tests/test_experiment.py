@@ -39,3 +39,17 @@ def test_tiny_experiment_writes_summary_plot_and_a_loadable_rule(tmp_path):
   updates, _ = metaopt.learned_rule(phi, config).update(np.ones(4, np.float32),
                                                         metaopt.learned_rule(phi, config).init(np.ones(4, np.float32)))
   assert np.all(np.isfinite(updates))
+
+
+def test_bad_experiment_configuration_is_rejected_before_any_compute():
+  import pytest
+
+  base = dict(name="q", family=QuadraticFamily(), lstm=LSTMConfig(), train=MetaTrainConfig())
+  with pytest.raises(ValueError, match=r"baselines: unknown \['adamw'\]; allowed"):
+    ExperimentConfig(**base, baselines=("adam", "adamw"))
+  with pytest.raises(ValueError, match="lr_grid must hold at least 3 positive"):
+    ExperimentConfig(**base, lr_grid=())
+  with pytest.raises(ValueError, match="lr_grid must hold at least 3 positive"):
+    ExperimentConfig(**base, lr_grid=(0.0, 0.1, 1.0))
+  with pytest.raises(ValueError, match="num_test_problems must be a positive integer"):
+    ExperimentConfig(**base, num_test_problems=0)

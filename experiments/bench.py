@@ -1,0 +1,174 @@
+"""``make bench``: how fast metaopt meta-trains and how cheaply the learned rule runs.
+
+Writes ``results/bench/bench.json`` (``--out`` to change) and prints a table. Every
+time is a median over repetitions after warm-up, with ``block_until_ready``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import metaopt
+from metaopt.evaluate import git_commit
+from metaopt.meta_train import MetaTrainConfig, init_train_state, make_meta_step
+from metaopt.networks import LSTMConfig
+from metaopt.problems import MLPFamily, QuadraticFamily
+
+
+def _median_seconds(fn, *args, reps: int) -> float:
+  jax.block_until_ready(fn(*args))  # warm-up
+  times = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def matmul_flop_rate(n: int = 2048, reps: int = 10) -> float:
+  """FLOP/s of a dense f32 n x n matrix product on the default device."""
+  a = jax.random.normal(jax.random.key(0), (n, n))
+  b = jax.random.normal(jax.random.key(1), (n, n))
+  return 2 * n ** 3 / _median_seconds(jax.jit(jnp.matmul), a, b, reps=reps)
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", 0.0))
+
+
+def lstm_flops_per_coordinate_step(config: LSTMConfig) -> int:
+  """Analytic multiply-add FLOPs of one forward LSTM step for one coordinate."""
+  n_in = 1 if config.preprocessing == "none" else 2
+  flops = 0
+  for h in config.hidden_sizes:
+    flops += 2 * (n_in + h) * 4 * h
+    n_in = h
+  return flops + 2 * n_in
+
+
+def bench_meta_step(name, family, config, batch_size, unroll, reps, matmul_rate) -> dict:
+  """Seconds per meta-step, compile time, FLOPs (cost analysis x trip count) and FLOP rate."""
+  cfg = MetaTrainConfig(unroll_length=unroll, horizon=unroll * 5, batch_size=batch_size)
+  state = init_train_state(family, config, cfg)
+  step = make_meta_step(config, cfg)
+  t = time.perf_counter()
+  compiled = step.lower(family, state).compile()
+  compile_seconds = time.perf_counter() - t
+  seconds = _median_seconds(lambda: compiled(family, state), reps=reps)
+  # XLA counts a while-loop body once: the scan body runs `unroll` times.
+  loop_flops = _flops(compiled)
+  coords = sum(x.size for x in jax.tree.leaves(state.runs.params)) // batch_size
+  analytic = 3 * lstm_flops_per_coordinate_step(config) * coords * batch_size * unroll
+  flops = max(loop_flops * unroll, analytic)
+  return {
+      "problem": name, "batch_size": batch_size, "unroll": unroll, "coordinates": coords,
+      "seconds": seconds, "compile_seconds": compile_seconds,
+      "coord_steps_per_second": coords * batch_size * unroll / seconds,
+      "flops": flops, "flops_cost_analysis_x_trips": loop_flops * unroll,
+      "flops_analytic_lstm_fwd_bwd": analytic,
+      "flop_rate": flops / seconds, "fraction_of_matmul": flops / seconds / matmul_rate,
+  }
+
+
+def bench_rule_step(num_params: int, reps: int, matmul_rate: float) -> dict:
+  """One jitted learned-rule update vs optax.adam on ``num_params`` f32 parameters."""
+  phi = metaopt.init_meta_params(LSTMConfig(), jax.random.key(0))
+  params = {"w": jnp.zeros((num_params,), jnp.float32)}
+  grads = {"w": jax.random.normal(jax.random.key(1), (num_params,))}
+  out = {"num_params": num_params}
+  for name, opt in (("seconds", metaopt.learned_rule(phi)), ("adam_seconds", optax.adam(1e-3))):
+    state = opt.init(params)
+    out[name] = _median_seconds(jax.jit(opt.update), grads, state, reps=reps)
+  flops = lstm_flops_per_coordinate_step(LSTMConfig()) * num_params
+  out.update(ns_per_param=out["seconds"] / num_params * 1e9, flops=flops,
+             fraction_of_matmul=flops / out["seconds"] / matmul_rate)
+  return out
+
+
+def bench_memory(name, family, config, unroll, remat) -> dict:
+  """Compiled meta-step memory (XLA memory analysis) for one unroll length."""
+  cfg = MetaTrainConfig(unroll_length=unroll, horizon=unroll, batch_size=1, remat=remat)
+  state = init_train_state(family, config, cfg)
+  compiled = make_meta_step(config, cfg).lower(family, state).compile()
+  mem = compiled.memory_analysis()
+  temp = int(getattr(mem, "temp_size_in_bytes", 0))
+  args = int(getattr(mem, "argument_size_in_bytes", 0))
+  out = int(getattr(mem, "output_size_in_bytes", 0))
+  t = time.perf_counter()
+  jax.block_until_ready(compiled(family, state))
+  seconds = time.perf_counter() - t
+  return {"problem": name, "unroll": unroll, "remat": remat, "bytes": temp + args + out,
+          "temp_bytes": temp, "seconds": seconds,
+          "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--out", default="results/bench/bench.json")
+  parser.add_argument("--quick", action="store_true",
+                      default=os.environ.get("QUICK", "") not in ("", "0"))
+  parser.add_argument("--max-params", type=int, default=10 ** 7)
+  args = parser.parse_args(argv)
+  reps = 3 if args.quick else 7
+  device = jax.devices()[0]
+  rate = matmul_flop_rate(1024 if args.quick else 2048)
+  print(f"device {device.platform} ({device.device_kind}), matmul {rate / 1e9:.1f} GFLOP/s")
+
+  problems = {"quadratic": (QuadraticFamily(), LSTMConfig(), 128)}
+  try:
+    ds = metaopt.data.load_dataset("mnist")
+    problems["mnist"] = (MLPFamily.from_dataset(ds, init_scale=0.01),
+                         LSTMConfig(preprocessing="log_sign", output_scale=0.1), 1)
+  except Exception as e:  # no data: the MNIST rows are skipped and say why
+    print(f"MNIST skipped: {e}")
+  meta = {}
+  for name, (family, config, batch) in problems.items():
+    meta[name] = bench_meta_step(name, family, config, batch, 20, reps, rate)
+    m = meta[name]
+    print(f"meta-step {name:<9} {m['seconds'] * 1e3:8.1f} ms  compile {m['compile_seconds']:.1f} s  "
+          f"{m['coord_steps_per_second'] / 1e6:.2f} M coord-steps/s  "
+          f"{m['flop_rate'] / 1e9:.1f} GFLOP/s = {100 * m['fraction_of_matmul']:.0f}% of matmul")
+
+  rule = []
+  n = 1000
+  while n <= (10 ** 5 if args.quick else args.max_params):
+    rule.append(bench_rule_step(n, reps, rate))
+    r = rule[-1]
+    print(f"rule step {n:>9} params  {r['seconds'] * 1e3:9.3f} ms  ({r['ns_per_param']:.2f} ns/param, "
+          f"{100 * r['fraction_of_matmul']:.0f}% of matmul)  adam {r['adam_seconds'] * 1e3:.3f} ms")
+    n *= 10
+
+  memory = []
+  family, config, _ = problems.get("mnist", problems["quadratic"])
+  mem_name = "mnist" if "mnist" in problems else "quadratic"
+  for unroll in ((10, 20) if args.quick else (10, 20, 50, 100)):
+    for remat in (False, True):
+      memory.append(bench_memory(mem_name, family, config, unroll, remat))
+      m = memory[-1]
+      print(f"memory {mem_name} unroll {unroll:>3} remat {remat!s:<5} {m['bytes'] / 2 ** 20:8.1f} MiB  "
+            f"({m['seconds']:.2f} s/meta-step)")
+
+  result = {"device": f"{device.platform}:{device.device_kind}", "jax_version": jax.__version__,
+            "commit": git_commit(), "cpu_count": os.cpu_count(), "matmul_flop_rate": rate,
+            "meta_step": meta, "rule_step": rule, "memory": memory}
+  pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+  pathlib.Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+  print(f"wrote {args.out}")
+  return result
+
+
+if __name__ == "__main__":
+  main()
