@@ -53,3 +53,24 @@ def test_bad_experiment_configuration_is_rejected_before_any_compute():
     ExperimentConfig(**base, lr_grid=(0.0, 0.1, 1.0))
   with pytest.raises(ValueError, match="num_test_problems must be a positive integer"):
     ExperimentConfig(**base, num_test_problems=0)
+
+
+def test_unknown_problem_family_name_is_rejected():
+  import pytest
+  from metaopt.problems import make_family
+
+  with pytest.raises(ValueError, match=r"unknown problem family 'cifar'; expected one of \['mlp', 'quadratic'\]"):
+    make_family("cifar")
+  assert make_family("quadratic", dim=3).dim == 3
+
+
+def test_quick_quadratic_make_target_runs_end_to_end(tmp_path, monkeypatch):
+  import experiments.quadratic
+
+  monkeypatch.chdir(tmp_path)
+  summary = experiments.quadratic.main(["--quick", "--no-progress"])
+  written = json.loads((tmp_path / "results" / "quick" / "quadratic" / "summary.json").read_text())
+  assert written["variants"]["base"]["num_test_problems"] == 32
+  lstm = summary["variants"]["base"]["optimizers"]["lstm"]
+  assert lstm["final_loss_mean"] < lstm["loss_mean"][0]
+  assert list((tmp_path / ".cache" / "checkpoints" / "quick" / "quadratic").glob("step_*.ckpt"))
