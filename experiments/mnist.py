@@ -23,16 +23,16 @@ def config(quick: bool = False, data_dir: str | None = None) -> ExperimentConfig
   lstm = LSTMConfig(hidden_sizes=(20, 20), preprocessing="log_sign", preprocess_p=10.0,
                     output_scale=0.1)
   train = MetaTrainConfig(
-      horizon=100, unroll_length=20,
+      horizon=20 if quick else 100, unroll_length=10 if quick else 20,
       batch_size=2,                             # problems per meta-step (1 collapses: see README)
-      num_meta_steps=30 if quick else 1150,     # ~25 minutes of meta-training on 2 CPU cores
+      num_meta_steps=10 if quick else 1150,     # ~25 minutes of meta-training on 2 CPU cores
       meta_learning_rate=3e-3,
       clip_norm=1.0,
-      valid_every=10 if quick else 100,
+      valid_every=5 if quick else 100,
       num_valid_problems=2 if quick else 8,
       collapse_factor=1.5,                      # restore the best phi if validation degrades 1.5x
   )
-  steps = 20 if quick else 100
+  steps = 10 if quick else 100
   variants = (
       Variant("base", base, steps),
       Variant("steps200", base, 2 * steps),

@@ -164,7 +164,16 @@ def load_dataset(name: str, path: str | os.PathLike | None = None, *,
     raise ValueError(f"unknown data set {name!r}; expected one of {DATASETS}")
   folder = data_dir(path)
   if use_tfds or (use_tfds is None and folder is None):
-    return _load_tfds(name, tfds_data_dir, manual_dir=tfds_manual_dir)
+    try:
+      return _load_tfds(name, tfds_data_dir, manual_dir=tfds_manual_dir)
+    except DataError:
+      raise
+    except Exception as e:  # tfds raises many types (network, missing TensorFlow, checksums)
+      layout = ("mnist/ and fashion_mnist/: the four IDX .gz files; "
+                "cifar10/cifar-10-batches-bin/: the binary batches")
+      raise DataError(f"{name}: tensorflow-datasets could not provide it ({type(e).__name__}: "
+                      f"{str(e)[:300]}). Without internet, set {DATA_DIR_ENV} (or pass a data "
+                      f"directory) to a folder holding the original files ({layout})") from e
   if folder is None:
     raise DataError(f"no data directory: pass one or set {DATA_DIR_ENV}")
   if name == "cifar10":

@@ -218,6 +218,11 @@ def main(name: str, make_config: Callable[..., ExperimentConfig], argv=None,
     parser.add_argument("--data-dir", default=None,
                         help="folder of the original data files (default $METAOPT_DATA_DIR)")
   args = parser.parse_args(argv)
+  if args.quick and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    # A quick run is dominated by ~40 XLA compilations of tiny programs: compile them
+    # unoptimized (about 2x faster overall). No effect once JAX's backend has started.
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_backend_optimization_level=0").strip()
   out = pathlib.Path(args.out or os.path.join("results", "quick" if args.quick else "", name))
   cfg = make_config(args.quick, args.data_dir) if data else make_config(args.quick)
   checkpoints = pathlib.Path(".cache", "checkpoints", *out.resolve().parts[-2:])
