@@ -1,4 +1,5 @@
 import json
+import os
 
 import jax
 import numpy as np
@@ -68,6 +69,10 @@ def test_quick_quadratic_make_target_runs_end_to_end(tmp_path, monkeypatch):
   import experiments.quadratic
 
   monkeypatch.chdir(tmp_path)
+  # --quick sets XLA_FLAGS for its own process; keep that from leaking into later tests'
+  # subprocesses (other compile flags change float results in the last bit).
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+  jax.devices()  # start the backend first: the flag then cannot change this process either
   summary = experiments.quadratic.main(["--quick", "--no-progress"])
   written = json.loads((tmp_path / "results" / "quick" / "quadratic" / "summary.json").read_text())
   assert written["variants"]["base"]["num_test_problems"] == 32
