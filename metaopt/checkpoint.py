@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from flax import serialization
 
-from metaopt.networks import LSTMConfig, RuleConfig, config_from_dict, init_meta_params
+from metaopt.networks import RuleConfig, config_from_dict, init_meta_params
 
 FORMAT = "metaopt.meta_params/1"
 PRETRAINED_DIR = pathlib.Path(__file__).parent / "pretrained"

@@ -20,7 +20,7 @@ from metaopt.evaluate import format_table, make_summary, plot_curves, summarize_
 from metaopt.meta_train import MetaTrainConfig, meta_train
 from metaopt.networks import RuleConfig
 from metaopt.problems.base import ProblemFamily
-from metaopt.rule import learned_rule
+from metaopt.rule import rule_factory
 from metaopt.unroll import jitted_loss_curves, sample_tasks
 
 # Seeds of the problem sets (meta-training draws from its own seed).
@@ -133,12 +133,12 @@ def evaluate_variant(cfg: ExperimentConfig, variant: Variant, phi: Any, tuned: d
       variant.family, jax.random.fold_in(jax.random.key(cfg.seed), TEST_SET),
       cfg.num_test_problems)
 
-  def run(make, args, name, hyperparameters):
+  def run(make, args, hyperparameters):
     curves, final = jitted_loss_curves(make, variant.family, test_tasks, test_keys,
                                        variant.steps, args)
     return _summarize(cfg, variant.family, curves, final, hyperparameters)
 
-  optimizers = {"lstm": run(functools.partial(learned_rule, config=cfg.lstm), (phi,), "lstm",
+  optimizers = {"lstm": run(rule_factory(cfg.lstm), (phi,),
                             {"meta_learning_rate": cfg.train.meta_learning_rate,
                              "num_meta_steps": cfg.train.num_meta_steps})}
   sets = [("", tuned)]
@@ -146,7 +146,7 @@ def evaluate_variant(cfg: ExperimentConfig, variant: Variant, phi: Any, tuned: d
     sets.append(("_retuned", _tune(cfg, variant.family, variant.steps)))
   for suffix, rates in sets:
     for name, t in rates.items():
-      entry = run(BASELINES[name], (t["learning_rate"],), name, {"learning_rate": t["learning_rate"]})
+      entry = run(BASELINES[name], (t["learning_rate"],), {"learning_rate": t["learning_rate"]})
       entry["lr_grid"] = {f"{lr:.6g}": v for lr, v in t["grid"].items()}
       optimizers[name + suffix] = entry
   return {"steps": variant.steps, "num_test_problems": cfg.num_test_problems,

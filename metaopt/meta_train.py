@@ -12,7 +12,6 @@ into the next unroll. When the run ends, a fresh batch of problems is drawn.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import pathlib
 import signal
@@ -28,9 +27,9 @@ import optax
 import tqdm
 
 from metaopt.checkpoint import CorruptCheckpointError, load_tree_checkpoint, save_tree_checkpoint
-from metaopt.networks import LSTMConfig, RuleConfig, init_meta_params
+from metaopt.networks import RuleConfig, init_meta_params
 from metaopt.problems.base import ProblemFamily, Task
-from metaopt.rule import learned_rule
+from metaopt.rule import learned_rule, rule_factory
 from metaopt.unroll import UnrollState, init_unroll, jitted_loss_curves, sample_tasks, unroll
 
 
@@ -225,7 +224,7 @@ _jitted_start_runs = jax.jit(start_runs, static_argnums=(1, 4))
 def validation_loss(phi: Any, config: RuleConfig, family: ProblemFamily, tasks: Task,
                     keys: jax.Array, horizon: int) -> float:
   """Mean over validation problems and steps 1..horizon of the learned rule's loss."""
-  curves = jitted_loss_curves(functools.partial(learned_rule, config=config), family,
+  curves = jitted_loss_curves(rule_factory(config), family,
                               tasks, keys, horizon, (phi,))[0]
   return float(jnp.mean(curves[:, 1:]))
 

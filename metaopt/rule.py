@@ -6,6 +6,7 @@ same transform from traced meta-parameters, and users chain it into optax.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -107,6 +108,12 @@ def learned_step(
           cell=tuple(treedef.unflatten(c) for c in new_c),
       ),
   )
+
+
+@functools.lru_cache(maxsize=None)
+def rule_factory(config: RuleConfig):
+  """``phi -> learned_rule(phi, config)``, one object per config (a stable jit static argument)."""
+  return functools.partial(learned_rule, config=config)
 
 
 def learned_rule(meta_params: Any, config: RuleConfig = LSTMConfig(),

@@ -4,7 +4,6 @@ import numpy as np
 import optax
 import pytest
 
-import metaopt
 from metaopt.checkpoint import load_meta_params, save_meta_params
 from metaopt.meta_train import MetaTrainConfig, init_train_state, make_meta_step
 from metaopt.networks import GroupedLSTMConfig, LSTMConfig, init_meta_params

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from flax import struct
 
-import metaopt
 from metaopt.meta_train import MetaTrainConfig, init_train_state, meta_train, validation_loss
 from metaopt.networks import LSTMConfig
 from metaopt.problems import QuadraticFamily

@@ -8,7 +8,6 @@ import textwrap
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
 

@@ -4,7 +4,6 @@ import numpy as np
 import optax
 import pytest
 
-import metaopt
 from metaopt.networks import CoordinatewiseLSTM, LSTMConfig
 from metaopt.rule import learned_rule, learned_step
 
