@@ -8,6 +8,7 @@ asked) that the configuration is the expected one.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 import tempfile
@@ -165,8 +166,6 @@ def save_tree_checkpoint(path: str | os.PathLike, tree: Any, meta: dict) -> None
   The file is a magic line, the SHA-256 of the payload and the msgpack payload,
   so truncation and bit flips are detected on load.
   """
-  import hashlib
-
   leaves = jax.tree.leaves(tree)
   payload = serialization.msgpack_serialize({
       "format": TRAIN_FORMAT,
@@ -185,8 +184,6 @@ def load_tree_checkpoint(path: str | os.PathLike, template: Any) -> tuple[Any, d
     CorruptCheckpointError: truncated file or checksum mismatch (the message names the path).
     ValueError: the arrays do not fit ``template`` (another configuration).
   """
-  import hashlib
-
   path = pathlib.Path(path)
   raw = path.read_bytes()
   head = len(_MAGIC) + 32

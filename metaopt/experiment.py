@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
+import os
 import pathlib
 import time
 from typing import Any, Callable, Sequence
@@ -203,9 +205,6 @@ def main(name: str, make_config: Callable[..., ExperimentConfig], argv=None,
   ``QUICK=1`` and ``RESUME=1`` in the environment act like the flags (the
   Makefile passes them through). Checkpoints go to ``.cache/checkpoints/<out>``.
   """
-  import argparse
-  import os
-
   flag = lambda var: os.environ.get(var, "") not in ("", "0")
   parser = argparse.ArgumentParser(description=doc)
   parser.add_argument("--quick", action="store_true", default=flag("QUICK"),
