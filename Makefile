@@ -10,7 +10,7 @@ export METAOPT_DATA_DIR
 # RESUME=1 continues an interrupted meta-training from its newest checkpoint (.cache/checkpoints/).
 export QUICK RESUME
 
-.PHONY: install test quadratic mnist bench clean
+.PHONY: install test quadratic mnist cifar bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ quadratic: $(STAMP)
 
 mnist: $(STAMP)
 	$(PY) -m experiments.mnist
+
+cifar: $(STAMP)
+	$(PY) -m experiments.cifar
 
 bench: $(STAMP)
 	$(PY) -m experiments.bench

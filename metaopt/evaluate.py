@@ -102,7 +102,12 @@ def plot_curves(summary: dict, path: str | os.PathLike,
       mean = np.array([np.nan if x is None else x for x in o["loss_mean"]])
       sem = np.array([np.nan if x is None else x for x in o["loss_sem"]])
       steps = np.arange(len(mean))
-      style = dict(lw=2.2, color="black") if name.startswith("lstm") else dict(lw=1.4)
+      style = dict(lw=1.4)
+      if name == "lstm":
+        style = dict(lw=2.2, color="black")
+      elif name.startswith("lstm"):  # other learned rules: dark, dashed
+        others = [n for n in v["optimizers"] if n.startswith("lstm") and n != "lstm"]
+        style = dict(lw=1.8, ls="--", color=("0.4", "tab:brown", "0.65")[others.index(name) % 3])
       line, = ax.plot(steps, mean, label=name, **style)
       ax.fill_between(steps, np.maximum(mean - sem, 1e-12), mean + sem, alpha=0.15,
                       color=line.get_color())

@@ -28,7 +28,8 @@ from metaopt.unroll import jitted_loss_curves, sample_tasks
 # Seeds of the problem sets (meta-training draws from its own seed).
 TUNE_SET, TEST_SET = 1, 2
 
-# (family, test data, final params of one run) -> {metric name: scalar}, e.g. test accuracy.
+# (family, test data, final params, final model state of one run) -> {metric name: scalar},
+# e.g. test accuracy.
 TestMetrics = Callable[[ProblemFamily, Any, Any], dict]
 
 
@@ -38,15 +39,47 @@ class Variant:
 
   Attributes:
     name: the variant's key in ``summary.json``.
-    family: the problems of this variant (the LSTM is not retrained on them).
+    family: the problems of this variant's test runs (the LSTM is not retrained on them).
     steps: the horizon of its test runs.
     retune: also report the baselines re-tuned on this variant, as ``<name>_retuned``.
+    tune_family: where re-tuning runs draw their problems (default ``family``), e.g.
+      the training images when ``family`` holds out images for testing.
+    test_data: this variant's ``test_data`` for ``test_metrics`` (default the experiment's),
+      e.g. the test images of a label subset.
+    reuse_tuned: also evaluate the baselines at the rates tuned on the experiment's
+      family. With ``retune=True, reuse_tuned=False`` only the baselines re-tuned
+      on this variant are evaluated, under their plain names.
   """
 
   name: str
   family: ProblemFamily
   steps: int
   retune: bool = False
+  tune_family: ProblemFamily | None = None
+  test_data: Any = None
+  reuse_tuned: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtraRule:
+  """Another learned rule meta-trained and evaluated in the same experiment.
+
+  E.g. the CIFAR experiment's single shared LSTM (``lstm_shared``) next to the
+  two-LSTM rule, or ``lstm_sub`` meta-trained on other classes for a transfer test.
+
+  Attributes:
+    name: its optimizer name in ``summary.json`` (and ``<name>.msgpack``).
+    family: its meta-training family.
+    lstm: its network configuration.
+    train: its meta-training settings.
+    variants: names of the variants it is evaluated on (None: all).
+  """
+
+  name: str
+  family: ProblemFamily
+  lstm: RuleConfig
+  train: MetaTrainConfig
+  variants: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,9 +98,10 @@ class ExperimentConfig:
     baselines: names from :data:`metaopt.baselines.BASELINES`.
     lr_grid: the initial log-spaced learning-rate grid.
     test_metrics: optional metrics of each run's final parameters (e.g. test accuracy),
-      ``test_metrics(family, test_data, params) -> {name: scalar}``.
+      ``test_metrics(family, test_data, params, model_state) -> {name: scalar}``.
     test_data: a pytree of arrays handed to ``test_metrics`` (e.g. the test images).
     seed: seeds the tuning and test sets.
+    extra_rules: more learned rules to meta-train and evaluate (:class:`ExtraRule`).
   """
 
   name: str
@@ -83,6 +117,7 @@ class ExperimentConfig:
   test_metrics: TestMetrics | None = None
   test_data: Any = None
   seed: int = 0
+  extra_rules: Sequence[ExtraRule] = ()
 
   def __post_init__(self):
     unknown = [b for b in self.baselines if b not in BASELINES]
@@ -99,18 +134,30 @@ class ExperimentConfig:
     for v in self.all_variants():
       if int(v.steps) <= 0:
         raise ValueError(f"variant {v.name!r}: steps must be a positive integer, got {v.steps!r}")
+      if not (v.reuse_tuned or v.retune):
+        raise ValueError(f"variant {v.name!r}: reuse_tuned=False needs retune=True (else no "
+                         "baseline is evaluated)")
     names = [v.name for v in self.all_variants()]
     if len(set(names)) != len(names):
       raise ValueError(f"ExperimentConfig.variants: duplicate names in {names}")
+    rules = ["lstm"] + [r.name for r in self.extra_rules]
+    if len(set(rules)) != len(rules) or set(rules) & set(BASELINES):
+      raise ValueError(f"ExperimentConfig.extra_rules: names must be distinct and differ from "
+                       f"'lstm' and the baselines, got {rules[1:]}")
+    for r in self.extra_rules:
+      unknown = sorted(set(r.variants or ()) - set(names))
+      if unknown:
+        raise ValueError(f"ExtraRule {r.name!r}: unknown variants {unknown}; variants are {names}")
 
   def all_variants(self) -> tuple[Variant, ...]:
     return tuple(self.variants) if self.variants else (Variant("base", self.family, self.eval_steps),)
 
 
-def _summarize(cfg: ExperimentConfig, family, curves, final_params, hyperparameters) -> dict:
+def _summarize(cfg: ExperimentConfig, variant: Variant, curves, final, hyperparameters) -> dict:
   entry = summarize_curves(curves, hyperparameters)
   if cfg.test_metrics is not None:
-    metrics = _run_test_metrics(cfg.test_metrics, family, cfg.test_data, final_params)
+    test_data = cfg.test_data if variant.test_data is None else variant.test_data
+    metrics = _run_test_metrics(cfg.test_metrics, variant.family, test_data, final)
     for name, values in metrics.items():
       values = np.asarray(values, np.float64)
       entry[f"{name}_mean"] = float(values.mean())
@@ -119,8 +166,8 @@ def _summarize(cfg: ExperimentConfig, family, curves, final_params, hyperparamet
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _run_test_metrics(metric_fn, family, test_data, final_params):
-  return jax.lax.map(lambda params: metric_fn(family, test_data, params), final_params)
+def _run_test_metrics(metric_fn, family, test_data, final):
+  return jax.lax.map(lambda run: metric_fn(family, test_data, *run), final)
 
 
 def _tune(cfg: ExperimentConfig, family, steps) -> dict:
@@ -129,8 +176,15 @@ def _tune(cfg: ExperimentConfig, family, steps) -> dict:
   return tune_baselines(family, tasks, keys, steps, cfg.baselines, cfg.lr_grid)
 
 
-def evaluate_variant(cfg: ExperimentConfig, variant: Variant, phi: Any, tuned: dict) -> dict:
-  """Curves of the learned rule and the tuned baselines on one variant's test runs."""
+def evaluate_variant(cfg: ExperimentConfig, variant: Variant, rules: dict, tuned: dict) -> dict:
+  """Curves of the learned rules and the tuned baselines on one variant's test runs.
+
+  Args:
+    cfg: the experiment.
+    variant: where to evaluate.
+    rules: ``{name: (rule config, phi, hyper-parameters to record)}`` of the learned rules.
+    tuned: the baselines' tuning results (:func:`metaopt.baselines.tune_baselines`).
+  """
   test_tasks, test_keys = sample_tasks(
       variant.family, jax.random.fold_in(jax.random.key(cfg.seed), TEST_SET),
       cfg.num_test_problems)
@@ -138,14 +192,14 @@ def evaluate_variant(cfg: ExperimentConfig, variant: Variant, phi: Any, tuned: d
   def run(make, args, hyperparameters):
     curves, final = jitted_loss_curves(make, variant.family, test_tasks, test_keys,
                                        variant.steps, args)
-    return _summarize(cfg, variant.family, curves, final, hyperparameters)
+    return _summarize(cfg, variant, curves, final, hyperparameters)
 
-  optimizers = {"lstm": run(rule_factory(cfg.lstm), (phi,),
-                            {"meta_learning_rate": cfg.train.meta_learning_rate,
-                             "num_meta_steps": cfg.train.num_meta_steps})}
-  sets = [("", tuned)]
+  optimizers = {name: run(rule_factory(config), (phi,), hyper)
+                for name, (config, phi, hyper) in rules.items()}
+  sets = [("", tuned)] if variant.reuse_tuned else []
   if variant.retune:
-    sets.append(("_retuned", _tune(cfg, variant.family, variant.steps)))
+    retuned = _tune(cfg, variant.tune_family or variant.family, variant.steps)
+    sets.append(("_retuned" if variant.reuse_tuned else "", retuned))
   for suffix, rates in sets:
     for name, t in rates.items():
       entry = run(BASELINES[name], (t["learning_rate"],), {"learning_rate": t["learning_rate"]})
@@ -158,44 +212,63 @@ def evaluate_variant(cfg: ExperimentConfig, variant: Variant, phi: Any, tuned: d
 def run_experiment(cfg: ExperimentConfig, out_dir: str | pathlib.Path,
                    progress: bool = True, checkpoint_dir: str | pathlib.Path | None = None,
                    resume: bool = False) -> dict:
-  """Meta-train the LSTM, tune the baselines, evaluate everything; write the results.
+  """Meta-train the LSTM(s), tune the baselines, evaluate everything; write the results.
 
   Writes ``summary.json``, ``curves.png`` and ``lstm.msgpack`` (phi and its
-  configuration) into ``out_dir`` and prints a table. With ``checkpoint_dir``,
-  meta-training checkpoints there (and on SIGINT/SIGTERM); ``resume`` continues
-  from the newest good checkpoint.
+  configuration; ``<name>.msgpack`` for each extra rule) into ``out_dir`` and
+  prints a table. With ``checkpoint_dir``, meta-training checkpoints there (and
+  on SIGINT/SIGTERM; extra rules in sub-folders); ``resume`` continues from the
+  newest good checkpoint.
 
   Returns:
     The summary dict (schema of DESIGN.md section 6).
   """
   out_dir = pathlib.Path(out_dir)
-  result = meta_train(cfg.family, cfg.lstm, cfg.train, progress=progress,
-                      checkpoint_dir=checkpoint_dir, resume=resume)
-  print(f"meta-training: {result.seconds:.1f} s, best validation loss "
-        f"{result.best_valid_loss:.4g}, skipped meta-steps {result.num_skipped}")
-  save_meta_params(out_dir / "lstm.msgpack", result.phi, cfg.lstm,
-                   {"experiment": cfg.name, "train": dataclasses.asdict(cfg.train),
-                    "best_valid_loss": result.best_valid_loss})
+  main_rule = ExtraRule("lstm", cfg.family, cfg.lstm, cfg.train)
+  trained, extra = {}, {}
+  for rule in (main_rule, *cfg.extra_rules):
+    folder = checkpoint_dir
+    if checkpoint_dir is not None and rule.name != "lstm":
+      folder = pathlib.Path(checkpoint_dir) / rule.name
+    result = meta_train(rule.family, rule.lstm, rule.train, progress=progress,
+                        checkpoint_dir=folder, resume=resume)
+    print(f"meta-training {rule.name}: {result.seconds:.1f} s, best validation loss "
+          f"{result.best_valid_loss:.4g}, skipped meta-steps {result.num_skipped}")
+    save_meta_params(out_dir / f"{rule.name}.msgpack", result.phi, rule.lstm,
+                     {"experiment": cfg.name, "train": dataclasses.asdict(rule.train),
+                      "best_valid_loss": result.best_valid_loss})
+    trained[rule.name] = (rule, result)
+    if rule.name != "lstm":
+      extra[rule.name] = _training_record(rule, result)
 
   start = time.perf_counter()
   tuned = _tune(cfg, cfg.family, cfg.eval_steps)
   variants = {}
   for variant in cfg.all_variants():
-    variants[variant.name] = evaluate_variant(cfg, variant, result.phi, tuned)
+    rules = {name: (rule.lstm, result.phi, {"meta_learning_rate": rule.train.meta_learning_rate,
+                                            "num_meta_steps": rule.train.num_meta_steps})
+             for name, (rule, result) in trained.items()
+             if rule.variants is None or variant.name in rule.variants}
+    variants[variant.name] = evaluate_variant(cfg, variant, rules, tuned)
     print(f"evaluated variant {variant.name} ({time.perf_counter() - start:.0f} s)", flush=True)
   eval_seconds = time.perf_counter() - start
 
+  record = _training_record(*trained["lstm"])
   summary = make_summary(
-      cfg.name, variants, result.seconds, eval_seconds,
-      lstm_config=cfg.lstm.to_dict(), meta_train_config=dataclasses.asdict(cfg.train),
-      meta_train_history={k: result.history[k] for k in result.history if k != "meta_loss"}
-      | {"num_skipped": result.num_skipped},
-  )
+      cfg.name, variants, record.pop("meta_train_seconds"), eval_seconds, **record,
+      **({"extra_rules": extra} if extra else {}))
   write_summary(out_dir / "summary.json", summary)
   plot_curves(summary, out_dir / "curves.png")
   print(format_table(summary))
   print(f"wrote {out_dir / 'summary.json'}, {out_dir / 'curves.png'}, {out_dir / 'lstm.msgpack'}")
   return summary
+
+
+def _training_record(rule: ExtraRule, result) -> dict:
+  return {"meta_train_seconds": result.seconds, "lstm_config": rule.lstm.to_dict(),
+          "meta_train_config": dataclasses.asdict(rule.train),
+          "meta_train_history": {k: v for k, v in result.history.items() if k != "meta_loss"}
+          | {"num_skipped": result.num_skipped}}
 
 
 def main(name: str, make_config: Callable[..., ExperimentConfig], argv=None,

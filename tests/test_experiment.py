@@ -3,9 +3,10 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 import metaopt
-from metaopt.experiment import ExperimentConfig, run_experiment
+from metaopt.experiment import ExperimentConfig, ExtraRule, Variant, run_experiment
 from metaopt.meta_train import MetaTrainConfig
 from metaopt.networks import LSTMConfig
 from metaopt.problems import QuadraticFamily
@@ -42,6 +43,33 @@ def test_tiny_experiment_writes_summary_plot_and_a_loadable_rule(tmp_path):
   assert np.all(np.isfinite(updates))
 
 
+def test_extra_rules_are_trained_saved_and_evaluated_on_their_variants(tmp_path):
+  train = MetaTrainConfig(horizon=4, unroll_length=2, batch_size=4, num_meta_steps=2,
+                          valid_every=2, num_valid_problems=2)
+  small, big = QuadraticFamily(dim=3), QuadraticFamily(dim=5)
+  cfg = ExperimentConfig(
+      name="q", family=small, lstm=LSTMConfig((4,)), train=train, eval_steps=4,
+      variants=(Variant("small", small, 4), Variant("big", big, 4, retune=True, tune_family=small)),
+      extra_rules=(ExtraRule("lstm_other", big, LSTMConfig((6,)), train, variants=("big",)),),
+      baselines=("sgd",), num_test_problems=3, num_tune_problems=2, lr_grid=(1e-3, 1e-2, 1e-1))
+  summary = run_experiment(cfg, tmp_path, progress=False)
+  assert set(summary["variants"]["small"]["optimizers"]) == {"lstm", "sgd"}
+  big_opts = summary["variants"]["big"]["optimizers"]
+  assert set(big_opts) == {"lstm", "lstm_other", "sgd", "sgd_retuned"}
+  # Re-tuned on tune_family (dim 3: the very problems of the base tuning), not on the
+  # variant's own dim-5 family, which would give different grid losses.
+  assert big_opts["sgd_retuned"]["lr_grid"] == summary["variants"]["small"]["optimizers"]["sgd"]["lr_grid"]
+  assert summary["extra_rules"]["lstm_other"]["lstm_config"]["hidden_sizes"] == [6]
+  phi, config, _ = metaopt.checkpoint.load_meta_params(tmp_path / "lstm_other.msgpack")
+  assert config == LSTMConfig((6,))
+  with pytest.raises(ValueError, match="unknown variants"):
+    ExperimentConfig(name="q", family=small, lstm=LSTMConfig(), train=train,
+                     extra_rules=(ExtraRule("lstm_x", small, LSTMConfig(), train, ("nope",)),))
+  with pytest.raises(ValueError, match="distinct"):
+    ExperimentConfig(name="q", family=small, lstm=LSTMConfig(), train=train,
+                     extra_rules=(ExtraRule("lstm", small, LSTMConfig(), train),))
+
+
 def test_bad_experiment_configuration_is_rejected_before_any_compute():
   import pytest
 
@@ -60,7 +88,7 @@ def test_unknown_problem_family_name_is_rejected():
   import pytest
   from metaopt.problems import make_family
 
-  with pytest.raises(ValueError, match=r"unknown problem family 'cifar'; expected one of \['mlp', 'quadratic'\]"):
+  with pytest.raises(ValueError, match=r"unknown problem family 'cifar'; expected one of \['conv', 'mlp', 'quadratic'\]"):
     make_family("cifar")
   assert make_family("quadratic", dim=3).dim == 3
 

@@ -97,3 +97,39 @@ def test_remat_gives_the_same_meta_gradient(phi):
 
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                grad(False), grad(True))
+
+def test_reused_gradient_gives_the_plain_autodiff_first_order_meta_gradient(phi):
+  # The unroll routes f(theta_t) through value_with_gradient (its derivative is the
+  # grad_t already computed); the meta-gradient must equal differentiating f again.
+  from metaopt.problems import MLPFamily
+  rng = np.random.default_rng(0)
+  fam = MLPFamily.from_arrays(rng.integers(0, 256, (64, 4, 4, 1), dtype=np.uint8),
+                              rng.integers(0, 10, 64), hidden_sizes=(3,), batch_size=8,
+                              init_scale=0.5)
+  task = fam.sample_task(jax.random.key(0))
+  config = metaopt.LSTMConfig(preprocessing="log_sign", output_scale=0.5)
+  phi = jax.tree.map(lambda x: 3.0 * x, metaopt.init_meta_params(config, jax.random.key(3)))
+
+  def plain_unroll_loss(phi):  # the textbook first-order unroll, differentiated twice through f
+    rule = learned_rule(phi, config)
+    state = init_unroll(rule, fam, task, jax.random.key(1))
+    def step(carry, _):
+      params, opt_state, t = carry
+      key = jax.random.fold_in(state.key, t)
+      (loss, _), grads = jax.value_and_grad(fam.loss, has_aux=True)(params, (), task, key)
+      updates, opt_state = rule.update(jax.lax.stop_gradient(grads), opt_state)
+      return (optax.apply_updates(params, updates), opt_state, t + 1), loss
+    (params, _, t), losses = jax.lax.scan(step, (state.params, state.opt_state, 0), length=6)
+    last = fam.loss(params, (), task, jax.random.fold_in(state.key, t))[0]
+    return jnp.sum(losses[1:]) + last
+
+  def unroll_loss(phi):
+    rule = learned_rule(phi, config)
+    state = init_unroll(rule, fam, task, jax.random.key(1))
+    return jnp.sum(unroll(rule, fam, task, state, 6)[1][1:])
+
+  np.testing.assert_allclose(jax.jit(unroll_loss)(phi), jax.jit(plain_unroll_loss)(phi), rtol=1e-6)
+  expected = jax.jit(jax.grad(plain_unroll_loss))(phi)
+  got = jax.jit(jax.grad(unroll_loss))(phi)
+  assert float(optax.tree.norm(expected)) > 1e-4
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6), got, expected)

@@ -3,6 +3,7 @@
 from typing import Any, Callable
 
 from metaopt.problems.base import ProblemFamily
+from metaopt.problems.conv import CONV_GROUPS, ConvFamily, ConvTask, select_classes
 from metaopt.problems.mlp import MLPFamily, MLPTask, classification_metrics
 from metaopt.problems.quadratic import QuadraticFamily, QuadraticTask
 
@@ -12,11 +13,17 @@ def _mlp(dataset: str = "mnist", data_dir: str | None = None, **kwargs) -> MLPFa
   return MLPFamily.from_dataset(load_dataset(dataset, data_dir), **kwargs)
 
 
-FAMILIES: dict[str, Callable[..., Any]] = {"quadratic": QuadraticFamily, "mlp": _mlp}
+def _conv(dataset: str = "cifar10", data_dir: str | None = None, **kwargs) -> ConvFamily:
+  from metaopt.data import load_dataset
+  ds = load_dataset(dataset, data_dir)
+  return ConvFamily.from_arrays(ds.train_images, ds.train_labels, **kwargs)
+
+
+FAMILIES: dict[str, Callable[..., Any]] = {"quadratic": QuadraticFamily, "mlp": _mlp, "conv": _conv}
 
 
 def make_family(name: str, **kwargs) -> ProblemFamily:
-  """Build a problem family by name (``"quadratic"`` or ``"mlp"``) with its keyword arguments.
+  """Build a problem family by name (``"quadratic"``, ``"mlp"`` or ``"conv"``) with its keyword arguments.
 
   Example:
     >>> fam = make_family("quadratic", dim=10)
@@ -26,5 +33,6 @@ def make_family(name: str, **kwargs) -> ProblemFamily:
   return FAMILIES[name](**kwargs)
 
 
-__all__ = ["FAMILIES", "MLPFamily", "MLPTask", "ProblemFamily", "QuadraticFamily", "QuadraticTask",
-           "classification_metrics", "make_family"]
+__all__ = ["CONV_GROUPS", "ConvFamily", "ConvTask", "FAMILIES", "MLPFamily", "MLPTask",
+           "ProblemFamily", "QuadraticFamily", "QuadraticTask", "classification_metrics",
+           "make_family", "select_classes"]

@@ -89,8 +89,11 @@ class MLPFamily(struct.PyTreeNode):
       }
     return params, ()
 
-  def logits(self, params, images: jax.Array) -> jax.Array:
-    """Logits of uint8 images (B, H, W, C)."""
+  def logits(self, params, images: jax.Array, model_state=(), train: bool = False):
+    """Logits of uint8 images (B, H, W, C) and the (unchanged, empty) model state.
+
+    Same signature as :meth:`metaopt.problems.conv.ConvFamily.logits`.
+    """
     x = images.reshape(images.shape[0], -1).astype(jnp.float32) / 255.0
     act = ACTIVATIONS[self.activation]
     n = len(params)
@@ -98,33 +101,38 @@ class MLPFamily(struct.PyTreeNode):
       x = x @ params[f"layer_{i}"]["w"] + params[f"layer_{i}"]["b"]
       if i < n - 1:
         x = act(x)
-    return x
+    return x, model_state
 
   def loss(self, params, model_state, task: MLPTask, key: jax.Array):
     """Mean cross-entropy on a minibatch of ``batch_size`` images drawn with ``key``."""
     del task
     idx = jax.random.randint(key, (self.batch_size,), 0, self.images.shape[0])
-    logits = self.logits(params, self.images[idx])
+    logits, _ = self.logits(params, self.images[idx], train=True)
     labels = self.labels[idx]
     loss = jnp.mean(jax.nn.logsumexp(logits, -1)
                     - jnp.take_along_axis(logits, labels[:, None], -1)[:, 0])
     return loss, model_state
 
 
-def classification_metrics(family: MLPFamily, test_data: tuple[jax.Array, jax.Array],
-                           params) -> dict:
+def classification_metrics(family, test_data: tuple[jax.Array, jax.Array], params,
+                           model_state=()) -> dict:
   """Test-set loss and accuracy of one trained net (for ``ExperimentConfig.test_metrics``).
+
+  Works for any family with ``logits(params, images, model_state, train=False)``
+  (:class:`MLPFamily`, :class:`metaopt.problems.conv.ConvFamily`: evaluation-mode
+  batch norm with the run's running statistics).
 
   Args:
     family: the family whose architecture ``params`` belong to.
     test_data: ``(images, labels)``: uint8 (N, H, W, C) and int (N,).
     params: the trained parameters.
+    model_state: the run's final model state (batch-norm statistics), if any.
 
   Returns:
     ``{"test_loss": mean cross-entropy, "test_accuracy": fraction correct}``.
   """
   images, labels = test_data
-  logits = family.logits(params, images)
+  logits, _ = family.logits(params, images, model_state, train=False)
   loss = jnp.mean(jax.nn.logsumexp(logits, -1)
                   - jnp.take_along_axis(logits, labels[:, None], -1)[:, 0])
   return {"test_loss": loss, "test_accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}

@@ -1,0 +1,88 @@
+"""The paper's section 3.3: CIFAR-10 conv nets, two LSTMs (conv / fully connected), transfer.
+
+Meta-train on CIFAR-10 (the first 40000 training images), then evaluate on
+held-out runs whose minibatches come from the last 10000 training images (never
+seen in meta-training; the local test batch has only 1000 images, which serve
+for test accuracy). Transfer panels: CIFAR-5 (labels 5-9) and CIFAR-2 (labels
+8, 9), comparing the rule trained on all of CIFAR-10, ``lstm_sub`` trained only
+on labels 0-4 (disjoint from both), and the baselines tuned on each subset.
+Run: ``make cifar`` (full) or ``QUICK=1 make cifar``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from metaopt import experiment
+from metaopt.data import load_dataset
+from metaopt.experiment import ExperimentConfig, ExtraRule, Variant
+from metaopt.meta_train import MetaTrainConfig
+from metaopt.networks import GroupedLSTMConfig, LSTMConfig
+from metaopt.problems.conv import CONV_GROUPS, ConvFamily, select_classes
+from metaopt.problems.mlp import classification_metrics
+
+NUM_META_TRAIN_IMAGES = 40000          # the rest of the 50000 training images is held out
+SUB_TRAIN_CLASSES = (0, 1, 2, 3, 4)    # lstm_sub's meta-training labels
+CIFAR5_CLASSES = (5, 6, 7, 8, 9)
+CIFAR2_CLASSES = (8, 9)
+
+
+def config(quick: bool = False, data_dir: str | None = None) -> ExperimentConfig:
+  """The paper's CIFAR settings; ``quick`` shrinks the net, meta-training and evaluation."""
+  ds = load_dataset("cifar10", data_dir)
+  net = dict(batch_size=32, channels=(8,), fc_size=16) if quick else dict(batch_size=128)
+  train_x, train_y = ds.train_images[:NUM_META_TRAIN_IMAGES], ds.train_labels[:NUM_META_TRAIN_IMAGES]
+  held_x, held_y = ds.train_images[NUM_META_TRAIN_IMAGES:], ds.train_labels[NUM_META_TRAIN_IMAGES:]
+  full = ConvFamily.from_arrays(train_x, train_y, **net)
+  norm = dict(channel_mean=np.asarray(full.channel_mean), channel_std=np.asarray(full.channel_std))
+  family = lambda x, y, classes=None: ConvFamily.from_arrays(x, y, classes=classes, **net, **norm)
+
+  lstm = LSTMConfig(hidden_sizes=(20, 20), preprocessing="log_sign", preprocess_p=10.0,
+                    output_scale=0.1)
+  two_lstms = GroupedLSTMConfig(groups=(("conv", lstm), ("fc", lstm)), assign=CONV_GROUPS,
+                                default="fc")
+  train = MetaTrainConfig(
+      horizon=20 if quick else 100, unroll_length=10 if quick else 20,
+      batch_size=1,
+      num_meta_steps=6 if quick else 150,      # ~6 minutes per rule on 2 CPU cores
+      meta_learning_rate=3e-3,
+      clip_norm=1.0,
+      valid_every=3 if quick else 50,
+      num_valid_problems=2 if quick else 3,
+      collapse_factor=1.5,
+  )
+  steps = train.horizon
+
+  def subset(classes):
+    test = select_classes(ds.test_images, ds.test_labels, classes)
+    # Baselines tuned on the subset's own training images (not CIFAR-10's rates).
+    return dict(family=family(held_x, held_y, classes), tune_family=family(train_x, train_y, classes),
+                test_data=test, retune=True, reuse_tuned=False)
+
+  variants = (
+      Variant("cifar10", family(held_x, held_y), steps),
+      Variant("cifar5", steps=steps, **subset(CIFAR5_CLASSES)),
+      Variant("cifar2", steps=steps, **subset(CIFAR2_CLASSES)),
+  )
+  extra = (
+      ExtraRule("lstm_shared", full, lstm, dataclasses.replace(train, seed=1)),
+      ExtraRule("lstm_sub", family(train_x, train_y, SUB_TRAIN_CLASSES), two_lstms,
+                dataclasses.replace(train, seed=2), variants=("cifar5", "cifar2")),
+  )
+  return ExperimentConfig(
+      name="cifar", family=full, lstm=two_lstms, train=train, eval_steps=steps,
+      variants=variants, extra_rules=extra,
+      num_test_problems=4 if quick else 10, num_tune_problems=2 if quick else 3,
+      lr_grid=(1e-3, 1e-2, 1e-1, 1.0),          # decades; extended if the best is at an edge
+      test_metrics=classification_metrics, test_data=(ds.test_images, ds.test_labels),
+  )
+
+
+def main(argv=None) -> dict:
+  return experiment.main("cifar", config, argv, __doc__, data=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,129 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import metaopt
+from metaopt.networks import GroupedLSTMConfig, LSTMConfig
+from metaopt.problems import CONV_GROUPS, ConvFamily, classification_metrics, select_classes
+from metaopt.unroll import init_unroll, unroll
+
+
+def _fake_cifar(n=96, seed=0, size=16):
+  rng = np.random.default_rng(seed)
+  return (rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+          rng.integers(0, 10, n).astype(np.int32))
+
+
+def _family(**kw):
+  images, labels = _fake_cifar()
+  kw = {"channels": (4, 4), "fc_size": 8, "batch_size": 16, **kw}
+  return ConvFamily.from_arrays(images, labels, **kw)
+
+
+def test_shapes_and_initial_loss_is_near_ln_classes():
+  fam = ConvFamily.from_arrays(*_fake_cifar(size=32), batch_size=32)  # the paper's net
+  params, state = fam.init(fam.sample_task(jax.random.key(0)), jax.random.key(1))
+  assert jax.tree.map(jnp.shape, params)["conv_0"]["kernel"] == (5, 5, 3, 16)
+  assert jax.tree.map(jnp.shape, params)["conv_2"]["kernel"] == (5, 5, 16, 16)
+  assert params["fc"]["kernel"].shape == (4 * 4 * 16, 32)      # three 2x2 pools: 32 -> 4
+  assert params["out"]["kernel"].shape == (32, 10)
+  assert set(state) == {"conv_0", "conv_1", "conv_2", "fc"}
+  losses = [float(jax.jit(fam.loss)(params, state, (), jax.random.key(k))[0]) for k in range(4)]
+  assert np.mean(losses) == pytest.approx(np.log(10), abs=0.35)
+
+
+def test_batch_norm_state_is_carried_through_the_unroll():
+  fam = _family()
+  task = fam.sample_task(jax.random.key(0))
+  opt = optax.sgd(0.1)
+  start = init_unroll(opt, fam, task, jax.random.key(1))
+  end, _ = jax.jit(unroll, static_argnums=(0, 4))(opt, fam, task, start, 3)
+  # The same three steps by hand: the state returned by each loss feeds the next.
+  params, bn = start.params, start.model_state
+  for t in range(3):
+    key = jax.random.fold_in(start.key, t)
+    (_, bn_next), g = jax.value_and_grad(fam.loss, has_aux=True)(params, bn, task, key)
+    params = optax.apply_updates(params, opt.update(g, opt.init(params))[0])
+    # Running averages move toward the batch statistics with momentum 0.9.
+    assert not np.allclose(bn_next["conv_0"]["mean"], bn["conv_0"]["mean"])
+    bn = bn_next
+  np.testing.assert_allclose(end.model_state["fc"]["var"], bn["fc"]["var"], rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(end.params["out"]["kernel"], params["out"]["kernel"], rtol=1e-4,
+                             atol=1e-6)
+
+
+def test_batch_norm_statistics_get_no_gradient_and_eval_mode_uses_running_stats():
+  fam = _family()
+  params, state = fam.init((), jax.random.key(0))
+  images = fam.images[:8]
+  # Training mode normalizes with the batch: each conv output channel has ~zero mean.
+  grads = jax.grad(lambda s: fam.loss(params, s, (), jax.random.key(1))[0])(state)
+  assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads))
+  # Evaluation mode is a function of the running stats only (a batch of 1 works).
+  a, _ = fam.logits(params, images[:1], state, train=False)
+  b, _ = fam.logits(params, images, state, train=False)
+  np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
+  shifted = jax.tree.map(lambda x: x, state)
+  shifted["fc"] = {"mean": state["fc"]["mean"] + 1.0, "var": state["fc"]["var"]}
+  c, _ = fam.logits(params, images[:1], shifted, train=False)
+  assert not np.allclose(a, c)
+  m = classification_metrics(fam, (images, fam.labels[:8]), params, state)
+  assert 0.0 <= float(m["test_accuracy"]) <= 1.0 and np.isfinite(float(m["test_loss"]))
+
+
+def test_label_subsets_give_cifar2_and_relabel_in_order():
+  images, labels = _fake_cifar(n=200)
+  x, y = select_classes(images, labels, (7, 2))
+  assert set(np.unique(y)) == {0, 1}
+  np.testing.assert_array_equal(y == 0, labels[np.isin(labels, (7, 2))] == 7)
+  fam = ConvFamily.from_arrays(images, labels, classes=(7, 2), channels=(4,), fc_size=8,
+                               batch_size=8)
+  assert fam.num_classes == 2 and fam.images.shape[0] == len(x)
+  params, state = fam.init((), jax.random.key(0))
+  assert params["out"]["kernel"].shape == (8, 2)
+  loss, _ = fam.loss(params, state, (), jax.random.key(1))
+  assert float(loss) == pytest.approx(np.log(2), abs=0.4)
+  with pytest.raises(ValueError, match="no images"):
+    select_classes(images, labels, (3, 11))
+  with pytest.raises(ValueError, match="distinct"):
+    select_classes(images, labels, (3, 3))
+
+
+def test_two_lstm_groups_split_conv_and_fc_parameters():
+  fam = _family()
+  params, _ = fam.init((), jax.random.key(0))
+  config = GroupedLSTMConfig((("conv", LSTMConfig()), ("fc", LSTMConfig())), CONV_GROUPS, "fc")
+  labels = config.labels(params)
+  assert {l for l in jax.tree.leaves(labels["conv_0"]) + jax.tree.leaves(labels["conv_1"])} == {"conv"}
+  assert {l for l in jax.tree.leaves(labels["fc"]) + jax.tree.leaves(labels["out"])} == {"fc"}
+  phi = metaopt.init_meta_params(config, jax.random.key(1))
+  opt = metaopt.learned_rule(phi, config)
+  state = opt.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = jax.jit(opt.update)(grads, state)
+  assert jax.tree.structure(updates) == jax.tree.structure(params)
+
+
+def test_bad_configuration_is_rejected():
+  images, labels = _fake_cifar()
+  with pytest.raises(ValueError, match="uint8"):
+    ConvFamily.from_arrays(images.astype(np.float32), labels)
+  with pytest.raises(ValueError, match="labels"):
+    ConvFamily.from_arrays(images, labels[:-1])
+  with pytest.raises(ValueError, match="channels"):
+    ConvFamily.from_arrays(images, labels, channels=())
+
+
+def test_hand_written_convolution_gradient_matches_autodiff():
+  from metaopt.problems.conv import conv2d_same
+  k = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(k[0], (3, 8, 6, 2))
+  w = jax.random.normal(k[1], (3, 5, 2, 4))
+  ct = jax.random.normal(k[2], (3, 8, 6, 4))
+  plain = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(conv2d_same(x, w), plain(x, w), rtol=1e-5, atol=1e-5)
+  for got, want in zip(jax.vjp(conv2d_same, x, w)[1](ct), jax.vjp(plain, x, w)[1](ct)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
