@@ -153,7 +153,8 @@ def loss_curves(optimizer: optax.GradientTransformation, family: ProblemFamily,
   """Loss curves of ``optimizer`` on a batch of problems (vmapped :func:`unroll`).
 
   Not jitted itself, so it can be vmapped over optimizer hyper-parameters; use
-  :func:`jitted_loss_curves` for a single optimizer.
+  :func:`jitted_loss_curves` for a single optimizer. The runs are vmapped, or run
+  one after another with ``lax.map`` when the family sets ``batch_runs = False``.
 
   Args:
     optimizer: any optax transform.
@@ -171,7 +172,11 @@ def loss_curves(optimizer: optax.GradientTransformation, family: ProblemFamily,
     state = init_unroll(optimizer, family, task, key)
     state, losses = unroll(optimizer, family, task, state, num_steps)
     return losses, (state.params, state.model_state)
-  return jax.vmap(one_run)(tasks, keys)
+  if getattr(family, "batch_runs", True):
+    return jax.vmap(one_run)(tasks, keys)
+  # Families whose vmapped ops are slow (per-run conv kernels become grouped
+  # convolutions, ~3x slower per run on CPU) run their problems one after another.
+  return jax.lax.map(lambda args: one_run(*args), (tasks, keys))
 
 
 @functools.partial(jax.jit, static_argnames=("make_optimizer", "num_steps"))

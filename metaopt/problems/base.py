@@ -22,7 +22,12 @@ Task = Any
 
 
 class ProblemFamily(Protocol):
-  """Protocol of a family of optimization problems."""
+  """Protocol of a family of optimization problems.
+
+  A family may also set ``batch_runs = False`` (default True) to have evaluation
+  run its problems one after another instead of vmapped over them, when its
+  vmapped ops are slow (e.g. convolutions with a kernel per run on CPU).
+  """
 
   def sample_task(self, key: jax.Array) -> Task:
     """Draw one problem (e.g. a random quadratic) from the family."""

@@ -128,6 +128,8 @@ class ConvFamily(struct.PyTreeNode):
     batch_size: minibatch size (paper: 128).
     num_classes: output units.
     bn_momentum: running-average momentum of the batch-norm statistics.
+    batch_runs: False: evaluation runs problems one after another (vmapping runs
+      turns their convolutions into grouped ones, ~3x slower per run on CPU).
 
   Example:
     >>> ds = metaopt.data.load_dataset("cifar10")
@@ -146,6 +148,7 @@ class ConvFamily(struct.PyTreeNode):
   batch_size: int = struct.field(pytree_node=False, default=128)
   num_classes: int = struct.field(pytree_node=False, default=10)
   bn_momentum: float = struct.field(pytree_node=False, default=0.9)
+  batch_runs: bool = struct.field(pytree_node=False, default=False)
 
   @classmethod
   def from_arrays(cls, images, labels, classes: Sequence[int] | None = None,
