@@ -216,7 +216,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | pathlib.Path,
 
   Writes ``summary.json``, ``curves.png`` and ``lstm.msgpack`` (phi and its
   configuration; ``<name>.msgpack`` for each extra rule) into ``out_dir`` and
-  prints a table. With ``checkpoint_dir``, meta-training checkpoints there (and
+  prints a table; while variants remain, ``summary.partial.json`` holds the
+  ones evaluated so far. With ``checkpoint_dir``, meta-training checkpoints there (and
   on SIGINT/SIGTERM; extra rules in sub-folders); ``resume`` continues from the
   newest good checkpoint.
 
@@ -251,17 +252,23 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | pathlib.Path,
              if rule.variants is None or variant.name in rule.variants}
     variants[variant.name] = evaluate_variant(cfg, variant, rules, tuned)
     print(f"evaluated variant {variant.name} ({time.perf_counter() - start:.0f} s)", flush=True)
-  eval_seconds = time.perf_counter() - start
-
-  record = _training_record(*trained["lstm"])
-  summary = make_summary(
-      cfg.name, variants, record.pop("meta_train_seconds"), eval_seconds, **record,
-      **({"extra_rules": extra} if extra else {}))
+    if len(variants) < len(cfg.all_variants()):  # long evaluations: keep what is done so far
+      write_summary(out_dir / "summary.partial.json",
+                    _summary(cfg, variants, trained, extra, time.perf_counter() - start))
+  summary = _summary(cfg, variants, trained, extra, time.perf_counter() - start)
   write_summary(out_dir / "summary.json", summary)
+  (out_dir / "summary.partial.json").unlink(missing_ok=True)
   plot_curves(summary, out_dir / "curves.png")
   print(format_table(summary))
   print(f"wrote {out_dir / 'summary.json'}, {out_dir / 'curves.png'}, {out_dir / 'lstm.msgpack'}")
   return summary
+
+
+def _summary(cfg: ExperimentConfig, variants: dict, trained: dict, extra: dict,
+             eval_seconds: float) -> dict:
+  record = _training_record(*trained["lstm"])
+  return make_summary(cfg.name, variants, record.pop("meta_train_seconds"), eval_seconds, **record,
+                      **({"extra_rules": extra} if extra else {}))
 
 
 def _training_record(rule: ExtraRule, result) -> dict:

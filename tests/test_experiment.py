@@ -53,6 +53,7 @@ def test_extra_rules_are_trained_saved_and_evaluated_on_their_variants(tmp_path)
       extra_rules=(ExtraRule("lstm_other", big, LSTMConfig((6,)), train, variants=("big",)),),
       baselines=("sgd",), num_test_problems=3, num_tune_problems=2, lr_grid=(1e-3, 1e-2, 1e-1))
   summary = run_experiment(cfg, tmp_path, progress=False)
+  assert not (tmp_path / "summary.partial.json").exists()  # replaced by the complete summary
   assert set(summary["variants"]["small"]["optimizers"]) == {"lstm", "sgd"}
   big_opts = summary["variants"]["big"]["optimizers"]
   assert set(big_opts) == {"lstm", "lstm_other", "sgd", "sgd_retuned"}
@@ -68,6 +69,30 @@ def test_extra_rules_are_trained_saved_and_evaluated_on_their_variants(tmp_path)
   with pytest.raises(ValueError, match="distinct"):
     ExperimentConfig(name="q", family=small, lstm=LSTMConfig(), train=train,
                      extra_rules=(ExtraRule("lstm", small, LSTMConfig(), train),))
+
+
+def test_variants_done_survive_a_failure_in_a_later_one(tmp_path, monkeypatch):
+  import metaopt.experiment as experiment
+  real = experiment.evaluate_variant
+
+  def failing_on_second(cfg, variant, rules, tuned):
+    if variant.name == "second":
+      raise RuntimeError("killed")
+    return real(cfg, variant, rules, tuned)
+
+  monkeypatch.setattr(experiment, "evaluate_variant", failing_on_second)
+  fam = QuadraticFamily(dim=3)
+  cfg = ExperimentConfig(
+      name="q", family=fam, lstm=LSTMConfig((4,)), eval_steps=4, baselines=("sgd",),
+      train=MetaTrainConfig(horizon=4, unroll_length=2, batch_size=4, num_meta_steps=2,
+                            valid_every=2, num_valid_problems=2),
+      variants=(Variant("first", fam, 4), Variant("second", fam, 4)),
+      num_test_problems=3, num_tune_problems=2, lr_grid=(1e-3, 1e-2, 1e-1))
+  with pytest.raises(RuntimeError, match="killed"):
+    run_experiment(cfg, tmp_path, progress=False)
+  partial = json.loads((tmp_path / "summary.partial.json").read_text())
+  assert list(partial["variants"]) == ["first"] and not (tmp_path / "summary.json").exists()
+  assert set(partial["variants"]["first"]["optimizers"]) == {"lstm", "sgd"}
 
 
 def test_bad_experiment_configuration_is_rejected_before_any_compute():
