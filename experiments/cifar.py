@@ -20,8 +20,8 @@ from metaopt.data import load_dataset
 from metaopt.experiment import ExperimentConfig, ExtraRule, Variant
 from metaopt.meta_train import MetaTrainConfig
 from metaopt.networks import GroupedLSTMConfig, LSTMConfig
+from metaopt.problems.classification import classification_metrics
 from metaopt.problems.conv import CONV_GROUPS, ConvFamily, select_classes
-from metaopt.problems.mlp import classification_metrics
 
 NUM_META_TRAIN_IMAGES = 40000          # the rest of the 50000 training images is held out
 SUB_TRAIN_CLASSES = (0, 1, 2, 3, 4)    # lstm_sub's meta-training labels

@@ -98,6 +98,7 @@ def plot_curves(summary: dict, path: str | os.PathLike,
   variants = summary["variants"]
   fig, axes = plt.subplots(1, len(variants), figsize=(5 * len(variants), 4), squeeze=False)
   for ax, (variant, v) in zip(axes[0], variants.items()):
+    others = [n for n in v["optimizers"] if n.startswith("lstm") and n != "lstm"]
     for name, o in v["optimizers"].items():
       mean = np.array([np.nan if x is None else x for x in o["loss_mean"]])
       sem = np.array([np.nan if x is None else x for x in o["loss_sem"]])
@@ -106,7 +107,6 @@ def plot_curves(summary: dict, path: str | os.PathLike,
       if name == "lstm":
         style = dict(lw=2.2, color="black")
       elif name.startswith("lstm"):  # other learned rules: dark, dashed
-        others = [n for n in v["optimizers"] if n.startswith("lstm") and n != "lstm"]
         style = dict(lw=1.8, ls="--", color=("0.4", "tab:brown", "0.65")[others.index(name) % 3])
       line, = ax.plot(steps, mean, label=name, **style)
       ax.fill_between(steps, np.maximum(mean - sem, 1e-12), mean + sem, alpha=0.15,

@@ -30,7 +30,7 @@ TUNE_SET, TEST_SET = 1, 2
 
 # (family, test data, final params, final model state of one run) -> {metric name: scalar},
 # e.g. test accuracy.
-TestMetrics = Callable[[ProblemFamily, Any, Any], dict]
+TestMetrics = Callable[[ProblemFamily, Any, Any, Any], dict]
 
 
 @dataclasses.dataclass(frozen=True)

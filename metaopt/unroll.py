@@ -121,8 +121,8 @@ def value_with_gradient(params: Any, value: jax.Array, grads: Any) -> jax.Array:
 
   The first-order unroll already has ``grads = grad f(params)``; routing f's
   value through this function makes the meta-backward pass use them (a scaled
-  copy) instead of storing f's activations and backpropagating through f again,
-  which for a conv net roughly halves the meta-gradient's cost. ``value`` and
+  copy) instead of storing f's activations and backpropagating through f again
+  (one model backward pass per step instead of two). ``value`` and
   ``grads`` themselves get no cotangent (they are stop-gradient'ed by the caller).
   """
   del params, grads

@@ -4,7 +4,8 @@ from typing import Any, Callable
 
 from metaopt.problems.base import ProblemFamily
 from metaopt.problems.conv import CONV_GROUPS, ConvFamily, ConvTask, select_classes
-from metaopt.problems.mlp import MLPFamily, MLPTask, classification_metrics
+from metaopt.problems.classification import classification_metrics
+from metaopt.problems.mlp import MLPFamily, MLPTask
 from metaopt.problems.quadratic import QuadraticFamily, QuadraticTask
 
 

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from metaopt.problems.classification import minibatch_cross_entropy
+
 BN_EPSILON = 1e-5
 
 
@@ -244,12 +246,7 @@ class ConvFamily(struct.PyTreeNode):
   def loss(self, params, model_state, task: ConvTask, key: jax.Array):
     """Mean cross-entropy on a minibatch drawn with ``key`` (training-mode batch norm)."""
     del task
-    idx = jax.random.randint(key, (self.batch_size,), 0, self.images.shape[0])
-    logits, model_state = self.logits(params, self.images[idx], model_state, train=True)
-    labels = self.labels[idx]
-    loss = jnp.mean(jax.nn.logsumexp(logits, -1)
-                    - jnp.take_along_axis(logits, labels[:, None], -1)[:, 0])
-    return loss, model_state
+    return minibatch_cross_entropy(self, params, model_state, key)
 
 
 CONV_GROUPS = ((r"\['conv_\d+'\]", "conv"),)

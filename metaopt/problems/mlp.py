@@ -14,6 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from metaopt.problems.classification import classification_metrics, minibatch_cross_entropy
+
+__all__ = ["ACTIVATIONS", "MLPFamily", "MLPTask", "classification_metrics"]
+
 ACTIVATIONS = {"sigmoid": jax.nn.sigmoid, "relu": jax.nn.relu, "tanh": jnp.tanh}
 
 
@@ -106,33 +110,4 @@ class MLPFamily(struct.PyTreeNode):
   def loss(self, params, model_state, task: MLPTask, key: jax.Array):
     """Mean cross-entropy on a minibatch of ``batch_size`` images drawn with ``key``."""
     del task
-    idx = jax.random.randint(key, (self.batch_size,), 0, self.images.shape[0])
-    logits, _ = self.logits(params, self.images[idx], train=True)
-    labels = self.labels[idx]
-    loss = jnp.mean(jax.nn.logsumexp(logits, -1)
-                    - jnp.take_along_axis(logits, labels[:, None], -1)[:, 0])
-    return loss, model_state
-
-
-def classification_metrics(family, test_data: tuple[jax.Array, jax.Array], params,
-                           model_state=()) -> dict:
-  """Test-set loss and accuracy of one trained net (for ``ExperimentConfig.test_metrics``).
-
-  Works for any family with ``logits(params, images, model_state, train=False)``
-  (:class:`MLPFamily`, :class:`metaopt.problems.conv.ConvFamily`: evaluation-mode
-  batch norm with the run's running statistics).
-
-  Args:
-    family: the family whose architecture ``params`` belong to.
-    test_data: ``(images, labels)``: uint8 (N, H, W, C) and int (N,).
-    params: the trained parameters.
-    model_state: the run's final model state (batch-norm statistics), if any.
-
-  Returns:
-    ``{"test_loss": mean cross-entropy, "test_accuracy": fraction correct}``.
-  """
-  images, labels = test_data
-  logits, _ = family.logits(params, images, model_state, train=False)
-  loss = jnp.mean(jax.nn.logsumexp(logits, -1)
-                  - jnp.take_along_axis(logits, labels[:, None], -1)[:, 0])
-  return {"test_loss": loss, "test_accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+    return minibatch_cross_entropy(self, params, model_state, key)
