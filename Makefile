@@ -10,7 +10,7 @@ export METAOPT_DATA_DIR
 # RESUME=1 continues an interrupted meta-training from its newest checkpoint (.cache/checkpoints/).
 export QUICK RESUME
 
-.PHONY: install test quadratic mnist cifar bench clean
+.PHONY: install test quadratic mnist cifar generalize generalize-ablation bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ mnist: $(STAMP)
 
 cifar: $(STAMP)
 	$(PY) -m experiments.cifar
+
+generalize: $(STAMP)
+	$(PY) -m experiments.generalize
+
+generalize-ablation: $(STAMP)
+	$(PY) -m experiments.generalize_ablation
 
 bench: $(STAMP)
 	$(PY) -m experiments.bench

@@ -74,7 +74,7 @@ def config(quick: bool = False, data_dir: str | None = None) -> ExperimentConfig
   return ExperimentConfig(
       name="cifar", family=full, lstm=two_lstms, train=train, eval_steps=steps,
       variants=variants, extra_rules=extra,
-      num_test_problems=4 if quick else 10, num_tune_problems=2 if quick else 3,
+      num_test_problems=4 if quick else 10, num_tune_problems=2,
       lr_grid=(1e-3, 1e-2, 1e-1, 1.0),          # decades; extended if the best is at an edge
       test_metrics=classification_metrics, test_data=(ds.test_images, ds.test_labels),
   )

@@ -10,15 +10,15 @@ from metaopt.baselines import BASELINES, tune_baselines, tune_learning_rate
 from metaopt.meta_train import MetaTrainConfig, MetaTrainResult, meta_train
 from metaopt.networks import (CoordinatewiseLSTM, GroupedLSTMConfig, LSTMConfig, config_from_dict,
                                init_meta_params)
-from metaopt.preprocess import log_sign, preprocess
-from metaopt.rule import LearnedRuleState, init_lstm_state, learned_rule, learned_step
+from metaopt.preprocess import adam_features, log_sign, preprocess
+from metaopt.rule import AdamMoments, LearnedRuleState, init_lstm_state, learned_rule, learned_step
 from metaopt.unroll import (UnrollState, init_unroll, jitted_loss_curves, loss_curves,
                             sample_tasks, unroll)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BASELINES", "GroupedLSTMConfig", "checkpoint", "config_from_dict", "data", "list_pretrained", "load_meta_params", "load_pretrained",
+    "AdamMoments", "BASELINES", "GroupedLSTMConfig", "adam_features", "checkpoint", "config_from_dict", "data", "list_pretrained", "load_meta_params", "load_pretrained",
     "save_meta_params", "CoordinatewiseLSTM", "LSTMConfig", "LearnedRuleState", "MetaTrainConfig",
     "MetaTrainResult", "UnrollState", "init_lstm_state", "init_meta_params", "init_unroll",
     "jitted_loss_curves", "learned_rule", "learned_step", "log_sign", "loss_curves",

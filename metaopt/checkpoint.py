@@ -9,6 +9,7 @@ asked) that the configuration is the expected one.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pathlib
 import tempfile
@@ -62,7 +63,7 @@ def save_meta_params(path: str | os.PathLike, phi: Any, config: RuleConfig,
       "metaopt_version": __version__,
       "config": config.to_dict(),
       "params": jax.tree.map(np.asarray, serialization.to_state_dict(phi)),
-      "metadata": metadata or {},
+      "metadata": json.loads(json.dumps(metadata or {})),  # tuples -> lists (msgpack)
   }
   atomic_write_bytes(path, serialization.msgpack_serialize(payload))
 

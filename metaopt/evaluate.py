@@ -89,8 +89,12 @@ def format_table(summary: dict) -> str:
 
 
 def plot_curves(summary: dict, path: str | os.PathLike,
-                title: Callable[[str], str] = lambda variant: variant) -> None:
-  """Loss vs step on a log axis, one line per optimizer, one panel per variant."""
+                title: Callable[[str], str] = lambda variant: variant, main: str = "lstm") -> None:
+  """Loss vs step on a log axis, one line per optimizer, one panel per variant.
+
+  ``main`` (the experiment's own learned rule) is drawn bold black, other
+  learned rules (names starting with ``lstm``) dashed.
+  """
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -98,13 +102,13 @@ def plot_curves(summary: dict, path: str | os.PathLike,
   variants = summary["variants"]
   fig, axes = plt.subplots(1, len(variants), figsize=(5 * len(variants), 4), squeeze=False)
   for ax, (variant, v) in zip(axes[0], variants.items()):
-    others = [n for n in v["optimizers"] if n.startswith("lstm") and n != "lstm"]
+    others = [n for n in v["optimizers"] if n.startswith("lstm") and n != main]
     for name, o in v["optimizers"].items():
       mean = np.array([np.nan if x is None else x for x in o["loss_mean"]])
       sem = np.array([np.nan if x is None else x for x in o["loss_sem"]])
       steps = np.arange(len(mean))
       style = dict(lw=1.4)
-      if name == "lstm":
+      if name == main:
         style = dict(lw=2.2, color="black")
       elif name.startswith("lstm"):  # other learned rules: dark, dashed
         style = dict(lw=1.8, ls="--", color=("0.4", "tab:brown", "0.65")[others.index(name) % 3])

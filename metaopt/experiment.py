@@ -11,13 +11,14 @@ import functools
 import os
 import pathlib
 import time
+from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
 
 from metaopt.baselines import BASELINES, DEFAULT_GRID, tune_baselines
-from metaopt.checkpoint import save_meta_params
+from metaopt.checkpoint import load_meta_params, load_pretrained, save_meta_params
 from metaopt.evaluate import format_table, make_summary, plot_curves, summarize_curves, write_summary
 from metaopt.meta_train import MetaTrainConfig, meta_train
 from metaopt.networks import RuleConfig
@@ -73,13 +74,19 @@ class ExtraRule:
     lstm: its network configuration.
     train: its meta-training settings.
     variants: names of the variants it is evaluated on (None: all).
+    pretrained: evaluate this already trained rule instead of meta-training one: a
+      shipped name (:func:`metaopt.checkpoint.list_pretrained`) or a ``.msgpack`` path,
+      which must have been made for ``lstm``.
+    valid_family: where its validation problems come from (default ``family``).
   """
 
   name: str
-  family: ProblemFamily
+  family: ProblemFamily | None
   lstm: RuleConfig
   train: MetaTrainConfig
   variants: tuple[str, ...] | None = None
+  pretrained: str | None = None
+  valid_family: ProblemFamily | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +109,9 @@ class ExperimentConfig:
     test_data: a pytree of arrays handed to ``test_metrics`` (e.g. the test images).
     seed: seeds the tuning and test sets.
     extra_rules: more learned rules to meta-train and evaluate (:class:`ExtraRule`).
+    rule_name: the main rule's name in ``summary.json`` (and ``<rule_name>.msgpack``).
+    train_family: the main rule's meta-training problems, if not ``family`` (e.g. an
+      :class:`metaopt.problems.AugmentedFamily` of it); validation uses ``family``.
   """
 
   name: str
@@ -118,6 +128,8 @@ class ExperimentConfig:
   test_data: Any = None
   seed: int = 0
   extra_rules: Sequence[ExtraRule] = ()
+  rule_name: str = "lstm"
+  train_family: ProblemFamily | None = None
 
   def __post_init__(self):
     unknown = [b for b in self.baselines if b not in BASELINES]
@@ -140,10 +152,10 @@ class ExperimentConfig:
     names = [v.name for v in self.all_variants()]
     if len(set(names)) != len(names):
       raise ValueError(f"ExperimentConfig.variants: duplicate names in {names}")
-    rules = ["lstm"] + [r.name for r in self.extra_rules]
+    rules = [self.rule_name] + [r.name for r in self.extra_rules]
     if len(set(rules)) != len(rules) or set(rules) & set(BASELINES):
       raise ValueError(f"ExperimentConfig.extra_rules: names must be distinct and differ from "
-                       f"'lstm' and the baselines, got {rules[1:]}")
+                       f"{self.rule_name!r} and the baselines, got {rules[1:]}")
     for r in self.extra_rules:
       unknown = sorted(set(r.variants or ()) - set(names))
       if unknown:
@@ -225,29 +237,38 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | pathlib.Path,
     The summary dict (schema of DESIGN.md section 6).
   """
   out_dir = pathlib.Path(out_dir)
-  main_rule = ExtraRule("lstm", cfg.family, cfg.lstm, cfg.train)
+  main_rule = ExtraRule(cfg.rule_name, cfg.train_family or cfg.family, cfg.lstm, cfg.train,
+                        valid_family=cfg.family)
   trained, extra = {}, {}
   for rule in (main_rule, *cfg.extra_rules):
+    if rule.pretrained is not None:
+      trained[rule.name] = (rule, _load_rule(rule))
+      extra[rule.name] = {"pretrained": rule.pretrained, "lstm_config": rule.lstm.to_dict()}
+      continue
     folder = checkpoint_dir
-    if checkpoint_dir is not None and rule.name != "lstm":
+    if checkpoint_dir is not None and rule is not main_rule:
       folder = pathlib.Path(checkpoint_dir) / rule.name
     result = meta_train(rule.family, rule.lstm, rule.train, progress=progress,
-                        checkpoint_dir=folder, resume=resume)
+                        checkpoint_dir=folder, resume=resume, valid_family=rule.valid_family)
     print(f"meta-training {rule.name}: {result.seconds:.1f} s, best validation loss "
           f"{result.best_valid_loss:.4g}, skipped meta-steps {result.num_skipped}")
     save_meta_params(out_dir / f"{rule.name}.msgpack", result.phi, rule.lstm,
                      {"experiment": cfg.name, "train": dataclasses.asdict(rule.train),
                       "best_valid_loss": result.best_valid_loss})
     trained[rule.name] = (rule, result)
-    if rule.name != "lstm":
+    if rule is not main_rule:
       extra[rule.name] = _training_record(rule, result)
 
   start = time.perf_counter()
-  tuned = _tune(cfg, cfg.family, cfg.eval_steps)
+  # Tuned on the experiment's family only when some variant reuses those rates.
+  tuned = (_tune(cfg, cfg.family, cfg.eval_steps)
+           if any(v.reuse_tuned for v in cfg.all_variants()) else {})
   variants = {}
   for variant in cfg.all_variants():
-    rules = {name: (rule.lstm, result.phi, {"meta_learning_rate": rule.train.meta_learning_rate,
-                                            "num_meta_steps": rule.train.num_meta_steps})
+    rules = {name: (rule.lstm, result.phi,
+                    {"pretrained": rule.pretrained} if rule.pretrained else
+                    {"meta_learning_rate": rule.train.meta_learning_rate,
+                     "num_meta_steps": rule.train.num_meta_steps})
              for name, (rule, result) in trained.items()
              if rule.variants is None or variant.name in rule.variants}
     variants[variant.name] = evaluate_variant(cfg, variant, rules, tuned)
@@ -258,15 +279,28 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | pathlib.Path,
   summary = _summary(cfg, variants, trained, extra, time.perf_counter() - start)
   write_summary(out_dir / "summary.json", summary)
   (out_dir / "summary.partial.json").unlink(missing_ok=True)
-  plot_curves(summary, out_dir / "curves.png")
+  plot_curves(summary, out_dir / "curves.png", main=cfg.rule_name)
   print(format_table(summary))
-  print(f"wrote {out_dir / 'summary.json'}, {out_dir / 'curves.png'}, {out_dir / 'lstm.msgpack'}")
+  print(f"wrote {out_dir / 'summary.json'}, {out_dir / 'curves.png'}, "
+        f"{out_dir / (cfg.rule_name + '.msgpack')}")
   return summary
+
+
+def _load_rule(rule: ExtraRule):
+  """A pretrained rule as a (phi-only) training result."""
+  if rule.pretrained.endswith(".msgpack"):
+    phi, _, meta = load_meta_params(rule.pretrained, rule.lstm)
+  else:
+    phi, config, meta = load_pretrained(rule.pretrained)
+    if config != rule.lstm:
+      raise ValueError(f"ExtraRule {rule.name!r}: pretrained rule {rule.pretrained!r} was made "
+                       f"for {config}, not for {rule.lstm}")
+  return SimpleNamespace(phi=phi, best_valid_loss=meta.get("best_valid_loss"))
 
 
 def _summary(cfg: ExperimentConfig, variants: dict, trained: dict, extra: dict,
              eval_seconds: float) -> dict:
-  record = _training_record(*trained["lstm"])
+  record = _training_record(*trained[cfg.rule_name])
   return make_summary(cfg.name, variants, record.pop("meta_train_seconds"), eval_seconds, **record,
                       **({"extra_rules": extra} if extra else {}))
 

@@ -12,6 +12,7 @@ into the next unroll. When the run ends, a fresh batch of problems is drawn.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 import signal
@@ -27,7 +28,7 @@ import optax
 import tqdm
 
 from metaopt.checkpoint import CorruptCheckpointError, load_tree_checkpoint, save_tree_checkpoint
-from metaopt.networks import RuleConfig, init_meta_params
+from metaopt.networks import RuleConfig, config_from_dict, init_meta_params
 from metaopt.problems.base import ProblemFamily, Task
 from metaopt.rule import learned_rule, rule_factory
 from metaopt.unroll import UnrollState, init_unroll, jitted_loss_curves, sample_tasks, unroll
@@ -54,6 +55,13 @@ class MetaTrainConfig:
     collapse_factor: if set, a validation loss above ``collapse_factor`` x the best
       one restores the best phi and resets the meta-optimizer (a guard against
       the learned rule collapsing, e.g. to chance on MNIST); None disables it.
+    curriculum: longer horizons to move on to after ``horizon`` (Chen et al. 2020,
+      "Training stronger baselines for learning to optimize"), e.g. (200, 500, 1000);
+      unrolls stay ``unroll_length`` long. Validation runs the current stage's horizon.
+    curriculum_patience: validations without improvement before the next stage
+      starts (from the stage's best phi, with a fresh meta-optimizer state).
+    meta_objective: ``"loss"`` (paper: sum of losses over the unroll) or
+      ``"log_loss"`` (sum of log losses, Wichrowska et al. 2017; losses must be > 0).
   """
 
   horizon: int = 100
@@ -70,6 +78,9 @@ class MetaTrainConfig:
   collapse_factor: float | None = None
   checkpoint_every: int = 100
   max_consecutive_nonfinite: int = 20
+  curriculum: tuple[int, ...] = ()
+  curriculum_patience: int = 1
+  meta_objective: str = "loss"
 
   def __post_init__(self):
     for name in ("horizon", "unroll_length", "batch_size", "num_meta_steps", "valid_every",
@@ -86,6 +97,27 @@ class MetaTrainConfig:
     for name in ("meta_learning_rate", "clip_norm"):
       if not float(getattr(self, name)) > 0:
         raise ValueError(f"MetaTrainConfig.{name} must be > 0, got {getattr(self, name)!r}")
+    object.__setattr__(self, "curriculum", tuple(int(h) for h in self.curriculum))
+    horizons = self.horizons()
+    if any(b <= a for a, b in zip(horizons, horizons[1:])) or any(
+        h % self.unroll_length for h in horizons):
+      raise ValueError(f"MetaTrainConfig.curriculum must increase from horizon and hold "
+                       f"multiples of unroll_length ({self.unroll_length}), got horizons {horizons}")
+    if self.meta_objective not in META_OBJECTIVES:
+      raise ValueError(f"MetaTrainConfig.meta_objective must be one of {sorted(META_OBJECTIVES)}, "
+                       f"got {self.meta_objective!r}")
+    if int(self.curriculum_patience) <= 0:
+      raise ValueError(f"MetaTrainConfig.curriculum_patience must be a positive integer, got "
+                       f"{self.curriculum_patience!r}")
+
+  def horizons(self) -> tuple[int, ...]:
+    """The meta-training horizon of each curriculum stage (``(horizon,)`` without one)."""
+    return (int(self.horizon),) + tuple(self.curriculum)
+
+
+# Per-step loss -> its term in the meta-objective.
+META_OBJECTIVES = {"loss": lambda f: f,
+                   "log_loss": lambda f: jnp.log(jnp.maximum(f, jnp.finfo(jnp.float32).tiny))}
 
 
 class TrainState(NamedTuple):
@@ -107,7 +139,9 @@ class MetaTrainResult(NamedTuple):
     best_valid_loss: its validation loss (mean over problems and steps 1..T).
     final_phi: phi after the last meta-step.
     history: ``{"meta_loss": [...], "valid_step": [...], "valid_loss": [...],
-      "restored_at": [...]}`` (meta-steps where the collapse guard restored the best phi).
+      "valid_horizon": [...], "restored_at": [...], "stage_start": [...]}``
+      (restored_at: meta-steps where the collapse guard restored the best phi;
+      stage_start: meta-steps where a curriculum stage began).
     num_skipped: meta-steps skipped for a non-finite meta-loss or gradient.
     seconds: wall time, compilation included.
   """
@@ -138,11 +172,13 @@ def start_runs(family: ProblemFamily, config: RuleConfig, phi: Any, key: jax.Arr
 
 def truncated_meta_loss(phi: Any, config: RuleConfig, family: ProblemFamily, tasks: Task,
                         runs: UnrollState, num_steps: int, second_order: bool = False,
-                        remat: bool = False) -> tuple[jax.Array, tuple[UnrollState, jax.Array]]:
+                        remat: bool = False, objective: str = "loss"
+                        ) -> tuple[jax.Array, tuple[UnrollState, jax.Array]]:
   """Mean over problems of sum_t f(theta_t) over one unroll of the learned rule.
 
   The sum runs over the ``num_steps`` losses after each update (theta_{t0+1} ..
   theta_{t0+T}): the loss at theta_{t0} does not depend on this unroll's phi.
+  ``objective="log_loss"`` sums log f(theta_t) instead.
 
   Returns:
     ``(meta_loss, (new_runs, losses))``, losses of shape (batch, num_steps + 1).
@@ -151,7 +187,7 @@ def truncated_meta_loss(phi: Any, config: RuleConfig, family: ProblemFamily, tas
 
   def one(task, run):
     new_run, losses = unroll(rule, family, task, run, num_steps, second_order, remat)
-    return jnp.sum(losses[1:]), (new_run, losses)
+    return jnp.sum(META_OBJECTIVES[objective](losses[1:])), (new_run, losses)
 
   totals, aux = jax.vmap(one)(tasks, runs)
   return jnp.mean(totals), aux
@@ -172,7 +208,8 @@ def make_meta_step(config: RuleConfig, cfg: MetaTrainConfig):
   @jax.jit
   def meta_step(family: ProblemFamily, state: TrainState):
     (loss, (runs, _)), grads = grad_fn(state.phi, config, family, state.tasks, state.runs,
-                                       cfg.unroll_length, cfg.second_order, cfg.remat)
+                                       cfg.unroll_length, cfg.second_order, cfg.remat,
+                                       cfg.meta_objective)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = opt.update(grads, state.meta_opt_state, state.phi)
@@ -271,7 +308,7 @@ class Checkpointer:
                keep: int = 2):
     self.directory = pathlib.Path(directory)
     self.keep = keep
-    self.identity = {"lstm_config": config.to_dict(), "meta_train_config": _resumable_fields(cfg)}
+    self.identity = _identity(config, cfg)
 
   def set_aside(self) -> None:
     """Move existing checkpoints to ``<directory>/replaced/`` (a fresh run replaces them)."""
@@ -300,10 +337,11 @@ class Checkpointer:
       except CorruptCheckpointError as e:
         print(f"warning: {e}; trying the previous checkpoint", file=sys.stderr)
         continue
+      stored = _identity(config_from_dict(meta["lstm_config"]), MetaTrainConfig(
+          **{**dataclasses.asdict(MetaTrainConfig()), **meta["meta_train_config"]}))
       for key, value in self.identity.items():
-        if meta.get(key) != value:
-          diff = {k: (meta.get(key, {}).get(k), v) for k, v in value.items()
-                  if meta.get(key, {}).get(k) != v}
+        if stored[key] != value:
+          diff = {k: (stored[key].get(k), v) for k, v in value.items() if stored[key].get(k) != v}
           raise ValueError(f"checkpoint {path} was made for another configuration; "
                            + ", ".join(f"{k}: checkpoint has {a!r}, this run has {b!r}"
                                        for k, (a, b) in diff.items()))
@@ -311,17 +349,22 @@ class Checkpointer:
     return None
 
 
-def _resumable_fields(cfg: MetaTrainConfig) -> dict:
-  """The settings a resumed run must share with its checkpoint (all but length and logging)."""
+def _identity(config: RuleConfig, cfg: MetaTrainConfig) -> dict:
+  """The settings a resumed run must share with its checkpoint (all but length and logging).
+
+  Plain JSON; settings added in later versions take their defaults when a
+  checkpoint predates them.
+  """
   d = dataclasses.asdict(cfg)
   for field in ("num_meta_steps", "checkpoint_every", "max_consecutive_nonfinite"):
     d.pop(field)
-  return d
+  return json.loads(json.dumps({"lstm_config": config.to_dict(), "meta_train_config": d}))
 
 
 def meta_train(family: ProblemFamily, config: RuleConfig, cfg: MetaTrainConfig,
                progress: bool = True, checkpoint_dir: str | os.PathLike | None = None,
-               resume: bool = False) -> MetaTrainResult:
+               resume: bool = False, valid_family: ProblemFamily | None = None
+               ) -> MetaTrainResult:
   """Meta-train the learned rule on ``family`` by truncated BPTT with early stopping.
 
   With ``checkpoint_dir``, the whole training state (phi, meta-optimizer state,
@@ -338,9 +381,12 @@ def meta_train(family: ProblemFamily, config: RuleConfig, cfg: MetaTrainConfig,
     progress: show a tqdm bar with the meta-loss and validation loss.
     checkpoint_dir: where to keep checkpoints (None: no checkpoints).
     resume: continue from the newest good checkpoint in ``checkpoint_dir``.
+    valid_family: where validation problems come from (default ``family``), e.g. the
+      plain problems when ``family`` is augmented (:class:`metaopt.problems.AugmentedFamily`).
 
   Returns:
-    A :class:`MetaTrainResult` whose ``phi`` is the best on validation.
+    A :class:`MetaTrainResult` whose ``phi`` is the best on validation (with a
+    curriculum: the best at the last stage reached).
 
   Raises:
     MetaTrainingStopped: ``cfg.max_consecutive_nonfinite`` non-finite meta-steps
@@ -353,20 +399,23 @@ def meta_train(family: ProblemFamily, config: RuleConfig, cfg: MetaTrainConfig,
   # SIGINT/SIGTERM are caught from the start (compilation included) and acted on
   # after the current meta-step: checkpoint, then exit.
   with _SignalFlag(checkpoint_dir is not None) as interrupted:
-    return _meta_train(family, config, cfg, progress, checkpoint_dir, resume, interrupted)
+    return _meta_train(family, valid_family or family, config, cfg, progress, checkpoint_dir,
+                       resume, interrupted)
 
 
-def _meta_train(family, config, cfg, progress, checkpoint_dir, resume, interrupted):
+def _meta_train(family, valid_family, config, cfg, progress, checkpoint_dir, resume, interrupted):
   start = time.perf_counter()
-  unrolls_per_run = cfg.horizon // cfg.unroll_length
+  horizons = cfg.horizons()
   valid_tasks, valid_keys = sample_tasks(
-      family, jax.random.fold_in(jax.random.key(cfg.seed), 1_000_003), cfg.num_valid_problems)
+      valid_family, jax.random.fold_in(jax.random.key(cfg.seed), 1_000_003),
+      cfg.num_valid_problems)
   meta_step = make_meta_step(config, cfg)
   state = init_train_state(family, config, cfg)
   best_phi = state.phi
   loop = {"step": 0, "unrolls_done": 0, "best_valid": None, "num_skipped": 0,
-          "consecutive_nonfinite": 0,
-          "history": {"meta_loss": [], "valid_step": [], "valid_loss": [], "restored_at": []}}
+          "consecutive_nonfinite": 0, "stage": 0, "stalls": 0,
+          "history": {"meta_loss": [], "valid_step": [], "valid_loss": [], "restored_at": [],
+                      "valid_horizon": [], "stage_start": []}}
   checkpointer = Checkpointer(checkpoint_dir, config, cfg) if checkpoint_dir else None
   if checkpointer is not None and not resume:
     checkpointer.set_aside()
@@ -378,12 +427,23 @@ def _meta_train(family, config, cfg, progress, checkpoint_dir, resume, interrupt
       (tree, loop) = restored
       state, best_phi = shard_over_devices(tree["train"]), tree["best_phi"]
       print(f"resumed from meta-step {loop['step']} ({checkpointer.directory})", file=sys.stderr)
+  loop.setdefault("stage", 0)      # checkpoints from before curricula
+  loop.setdefault("stalls", 0)
   history = loop["history"]
+  for name in ("valid_horizon", "stage_start"):
+    history.setdefault(name, [])
+  unrolls_per_run = lambda: horizons[loop["stage"]] // cfg.unroll_length
+
+  def validate(phi, step):
+    loss = validation_loss(phi, config, valid_family, valid_tasks, valid_keys,
+                           horizons[loop["stage"]])
+    history["valid_step"].append(step)
+    history["valid_loss"].append(loss)
+    history["valid_horizon"].append(horizons[loop["stage"]])
+    return loss
+
   if loop["best_valid"] is None:
-    loop["best_valid"] = validation_loss(state.phi, config, family, valid_tasks, valid_keys,
-                                         cfg.horizon)
-    history["valid_step"].append(0)
-    history["valid_loss"].append(loop["best_valid"])
+    loop["best_valid"] = validate(state.phi, 0)
 
   def result(phi_last):
     return MetaTrainResult(best_phi, loop["best_valid"], phi_last, history, loop["num_skipped"],
@@ -396,7 +456,7 @@ def _meta_train(family, config, cfg, progress, checkpoint_dir, resume, interrupt
   bar = tqdm.tqdm(range(loop["step"], cfg.num_meta_steps), initial=loop["step"],
                   total=cfg.num_meta_steps, disable=not progress, desc="meta-train")
   for i in bar:
-    if loop["unrolls_done"] == unrolls_per_run:  # the runs have ended: fresh problems
+    if loop["unrolls_done"] >= unrolls_per_run():  # the runs have ended: fresh problems
       k_runs, k_next = jax.random.split(state.key)
       tasks, runs = _jitted_start_runs(family, config, state.phi, k_runs, cfg.batch_size)
       state = shard_over_devices(state._replace(tasks=tasks, runs=runs, key=k_next))
@@ -410,18 +470,26 @@ def _meta_train(family, config, cfg, progress, checkpoint_dir, resume, interrupt
     else:
       loop["num_skipped"] += 1
       loop["consecutive_nonfinite"] += 1
-      loop["unrolls_done"] = unrolls_per_run  # the runs may hold non-finite values: restart
+      loop["unrolls_done"] = unrolls_per_run()  # the runs may hold non-finite values: restart
     if (i + 1) % cfg.valid_every == 0 or i + 1 == cfg.num_meta_steps:
-      valid = validation_loss(state.phi, config, family, valid_tasks, valid_keys, cfg.horizon)
-      history["valid_step"].append(i + 1)
-      history["valid_loss"].append(valid)
+      valid = validate(state.phi, i + 1)
       if valid < loop["best_valid"]:
-        best_phi, loop["best_valid"] = state.phi, valid
-      elif cfg.collapse_factor is not None and not valid <= cfg.collapse_factor * loop["best_valid"]:
-        state = state._replace(phi=best_phi, meta_opt_state=meta_optimizer(cfg).init(best_phi))
-        history["restored_at"].append(i + 1)
+        best_phi, loop["best_valid"], loop["stalls"] = state.phi, valid, 0
+      else:
+        loop["stalls"] += 1
+        if cfg.collapse_factor is not None and not valid <= cfg.collapse_factor * loop["best_valid"]:
+          state = state._replace(phi=best_phi, meta_opt_state=meta_optimizer(cfg).init(best_phi))
+          history["restored_at"].append(i + 1)
+        if loop["stalls"] >= cfg.curriculum_patience and loop["stage"] + 1 < len(horizons):
+          # Validation stopped improving: the next, longer horizon, from the best phi.
+          loop["stage"], loop["stalls"] = loop["stage"] + 1, 0
+          state = state._replace(phi=best_phi, meta_opt_state=meta_optimizer(cfg).init(best_phi))
+          loop["unrolls_done"] = unrolls_per_run()  # fresh problems at the new horizon
+          history["stage_start"].append(i + 1)
+          loop["best_valid"] = validate(best_phi, i + 1)
     loop["step"] = i + 1
-    bar.set_postfix(meta_loss=f"{loss:.4g}", valid=f"{history['valid_loss'][-1]:.4g}",
+    bar.set_postfix(horizon=horizons[loop["stage"]], meta_loss=f"{loss:.4g}",
+                    valid=f"{history['valid_loss'][-1]:.4g}",
                     best=f"{loop['best_valid']:.4g}", skipped=loop["num_skipped"],
                     restored=len(history["restored_at"]))
     if interrupted.signum is not None or (i + 1) % cfg.checkpoint_every == 0:

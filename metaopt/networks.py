@@ -26,11 +26,15 @@ class LSTMConfig:
 
   Attributes:
     hidden_sizes: units of each stacked LSTM layer (paper: two layers of 20).
-    preprocessing: ``"none"`` (paper, quadratics) or ``"log_sign"`` (paper, MNIST/CIFAR/art).
+    preprocessing: ``"none"`` (paper, quadratics), ``"log_sign"`` (paper, MNIST/CIFAR/art)
+      or ``"rnnprop"`` (Adam-normalized moments kept in the rule state; Lv et al. 2017).
     preprocess_p: exponent p of the log/sign preprocessing (paper: 10).
-    output_scale: multiplies the linear output (paper: 1 for quadratics, 0.1 for MNIST).
+    output_scale: multiplies the output (paper: 1 for quadratics, 0.1 for MNIST); with
+      ``output_activation="tanh"`` it bounds every update coordinate.
     output_init_scale: std of the output layer's initial weights (small, so the
       untrained rule takes small steps).
+    output_activation: ``"linear"`` (paper) or ``"tanh"`` (bounded updates, RNNprop).
+    beta1, beta2: decay rates of the running moments of ``"rnnprop"`` (ignored otherwise).
   """
 
   hidden_sizes: tuple[int, ...] = (20, 20)
@@ -38,6 +42,9 @@ class LSTMConfig:
   preprocess_p: float = 10.0
   output_scale: float = 1.0
   output_init_scale: float = 0.01
+  output_activation: str = "linear"
+  beta1: float = 0.95
+  beta2: float = 0.95
 
   def __post_init__(self):
     object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
@@ -46,6 +53,17 @@ class LSTMConfig:
     preprocess_lib.num_features(self.preprocessing)  # validates the name
     if self.preprocess_p <= 0:
       raise ValueError(f"LSTMConfig.preprocess_p must be > 0, got {self.preprocess_p}")
+    if self.output_activation not in OUTPUT_ACTIVATIONS:
+      raise ValueError(f"LSTMConfig.output_activation must be one of {sorted(OUTPUT_ACTIVATIONS)}, "
+                       f"got {self.output_activation!r}")
+    for name in ("beta1", "beta2"):
+      if not 0 <= getattr(self, name) < 1:
+        raise ValueError(f"LSTMConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
+
+  @property
+  def stateful_inputs(self) -> bool:
+    """Whether the inputs need running moments in the rule's state (``"rnnprop"``)."""
+    return self.preprocessing in preprocess_lib.STATEFUL_PREPROCESSINGS
 
   def to_dict(self) -> dict:
     """Plain-JSON form, used in checkpoints."""
@@ -55,10 +73,11 @@ class LSTMConfig:
 
   @classmethod
   def from_dict(cls, d: dict) -> "LSTMConfig":
-    """Inverse of :meth:`to_dict`."""
+    """Inverse of :meth:`to_dict` (fields missing from older files take their defaults)."""
     return cls(**{**d, "hidden_sizes": tuple(d["hidden_sizes"])})
 
 
+OUTPUT_ACTIVATIONS = {"linear": lambda x: x, "tanh": jnp.tanh}
 
 
 @jax.checkpoint
@@ -78,11 +97,14 @@ def lstm_gates(gates: jnp.ndarray, c: jnp.ndarray) -> tuple[jnp.ndarray, jnp.nda
 
 
 class CoordinatewiseLSTM(nn.Module):
-  """Preprocess -> stacked LSTM cells -> linear -> scale, per coordinate.
+  """Preprocess -> stacked LSTM cells -> linear -> activation -> scale, per coordinate.
 
-  ``__call__(grads, hidden, cell)`` takes a gradient array of any shape ``s``
-  and per-layer states ``hidden[l], cell[l]`` of shape ``s + (hidden_sizes[l],)``,
-  and returns the update (shape ``s``, float32) and the new states.
+  ``__call__(grads, hidden, cell, features=None)`` takes a gradient array of any
+  shape ``s`` and per-layer states ``hidden[l], cell[l]`` of shape
+  ``s + (hidden_sizes[l],)``, and returns the update (shape ``s``, float32) and
+  the new states. Stateful preprocessings (``"rnnprop"``) pass their input
+  ``features`` (shape ``s + (F,)``, from the rule's state) instead of having
+  them computed from ``grads``.
 
   Example:
     >>> net = CoordinatewiseLSTM(LSTMConfig())
@@ -95,9 +117,11 @@ class CoordinatewiseLSTM(nn.Module):
   config: LSTMConfig
 
   @nn.compact
-  def __call__(self, grads, hidden: Sequence[jnp.ndarray], cell: Sequence[jnp.ndarray]):
+  def __call__(self, grads, hidden: Sequence[jnp.ndarray], cell: Sequence[jnp.ndarray],
+               features: jnp.ndarray | None = None):
     cfg = self.config
-    x = preprocess_lib.preprocess(grads, cfg.preprocessing, cfg.preprocess_p)
+    x = (preprocess_lib.preprocess(grads, cfg.preprocessing, cfg.preprocess_p)
+         if features is None else features)
     new_hidden, new_cell = [], []
     for layer, size in enumerate(cfg.hidden_sizes):
       h, c = hidden[layer], cell[layer]
@@ -111,6 +135,7 @@ class CoordinatewiseLSTM(nn.Module):
         1, name="output",
         kernel_init=nn.initializers.normal(cfg.output_init_scale),
     )(x)[..., 0]
+    out = OUTPUT_ACTIVATIONS[cfg.output_activation](out)
     return out * cfg.output_scale, tuple(new_hidden), tuple(new_cell)
 
 
@@ -209,4 +234,6 @@ def init_meta_params(config: RuleConfig, key: jax.Array) -> dict:
             for i, (name, c) in enumerate(config.groups)}
   g = jnp.zeros((1,), jnp.float32)
   states = tuple(jnp.zeros((1, h), jnp.float32) for h in config.hidden_sizes)
-  return CoordinatewiseLSTM(config).init(key, g, states, states)
+  features = (jnp.zeros((1, preprocess_lib.num_features(config.preprocessing)), jnp.float32)
+              if config.stateful_inputs else None)
+  return CoordinatewiseLSTM(config).init(key, g, states, states, features)

@@ -1,6 +1,6 @@
 """Gradient preprocessing applied coordinatewise before the learned optimizer's LSTM.
 
-Two options, as in Andrychowicz et al. (2016), Appendix A:
+Stateless options, as in Andrychowicz et al. (2016), Appendix A:
 
 * ``"none"``: the raw gradient, one input feature per coordinate.
 * ``"log_sign"``: two features per coordinate,
@@ -12,6 +12,14 @@ Two options, as in Andrychowicz et al. (2016), Appendix A:
      \\end{cases}
 
   which maps gradients spanning many orders of magnitude to inputs of order one.
+
+and one stateful option (Lv et al. 2017, "Learning gradient descent: better
+generalization and longer horizons", RNNprop):
+
+* ``"rnnprop"``: two features per coordinate from Adam's running moments kept
+  in the rule's state (:func:`adam_features`),
+  ``(m_hat / (sqrt(v_hat) + eps), g / (sqrt(v_hat) + eps))``: invariant to the
+  scale of the gradients.
 """
 
 from __future__ import annotations
@@ -20,8 +28,9 @@ from typing import Literal
 
 import jax.numpy as jnp
 
-Preprocessing = Literal["none", "log_sign"]
-PREPROCESSINGS: tuple[str, ...] = ("none", "log_sign")
+Preprocessing = Literal["none", "log_sign", "rnnprop"]
+PREPROCESSINGS: tuple[str, ...] = ("none", "log_sign", "rnnprop")
+STATEFUL_PREPROCESSINGS: tuple[str, ...] = ("rnnprop",)
 
 
 def log_sign(g: jnp.ndarray, p: float = 10.0) -> jnp.ndarray:
@@ -69,6 +78,9 @@ def preprocess(g: jnp.ndarray, method: Preprocessing = "none", p: float = 10.0) 
     return jnp.asarray(g, jnp.float32)[..., None]
   if method == "log_sign":
     return log_sign(g, p)
+  if method in STATEFUL_PREPROCESSINGS:
+    raise ValueError(f"preprocessing {method!r} needs the rule's running moments: compute its "
+                     "features with adam_features and pass them to the network")
   raise ValueError(f"unknown preprocessing {method!r}; expected one of {PREPROCESSINGS}")
 
 
@@ -77,3 +89,36 @@ def num_features(method: Preprocessing) -> int:
   if method not in PREPROCESSINGS:
     raise ValueError(f"unknown preprocessing {method!r}; expected one of {PREPROCESSINGS}")
   return 1 if method == "none" else 2
+
+
+def adam_features(g: jnp.ndarray, m: jnp.ndarray, v: jnp.ndarray, count: jnp.ndarray,
+                  beta1: float, beta2: float, eps: float = 1e-8):
+  """RNNprop's inputs: Adam-normalized moments, after updating the moments with ``g``.
+
+  .. math::
+     m' = \\beta_1 m + (1 - \\beta_1) g, \\quad v' = \\beta_2 v + (1 - \\beta_2) g^2,
+     \\quad \\hat m = m' / (1 - \\beta_1^{t}), \\quad \\hat v = v' / (1 - \\beta_2^{t})
+
+  Args:
+    g: gradient array of any shape.
+    m, v: the running first and second moments (shape of ``g``, float32).
+    count: t, the number of gradients seen including ``g`` (int scalar, >= 1).
+    beta1, beta2: the moments' decay rates.
+    eps: added to sqrt(v_hat).
+
+  Returns:
+    ``(features, m', v')``: features of shape ``g.shape + (2,)`` =
+    ``(m_hat / (sqrt(v_hat) + eps), g / (sqrt(v_hat) + eps))``.
+
+  Example:
+    >>> z = jnp.zeros(3)
+    >>> x, m, v = adam_features(jnp.ones(3), z, z, jnp.int32(1), 0.95, 0.95)
+    >>> x[0]   # first step: both features are sign(g)
+    Array([1., 1.], dtype=float32)
+  """
+  g = jnp.asarray(g, jnp.float32)
+  m = beta1 * m + (1.0 - beta1) * g
+  v = beta2 * v + (1.0 - beta2) * g * g
+  t = jnp.asarray(count, jnp.float32)
+  denom = jnp.sqrt(v / (1.0 - beta2 ** t)) + eps
+  return jnp.stack([m / (1.0 - beta1 ** t) / denom, g / denom], axis=-1), m, v

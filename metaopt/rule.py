@@ -14,6 +14,15 @@ import jax.numpy as jnp
 import optax
 
 from metaopt.networks import CoordinatewiseLSTM, GroupedLSTMConfig, LSTMConfig, RuleConfig
+from metaopt.preprocess import adam_features
+
+
+class AdamMoments(NamedTuple):
+  """Running gradient moments of the ``"rnnprop"`` inputs (trees like the params) and t."""
+
+  m: Any
+  v: Any
+  count: jax.Array
 
 
 class LearnedRuleState(NamedTuple):
@@ -22,11 +31,13 @@ class LearnedRuleState(NamedTuple):
   ``hidden[l]`` and ``cell[l]`` are trees with the structure of the params;
   each leaf has shape ``param.shape + (hidden_sizes[l],)`` and dtype float32.
   With the default configuration this is 2 layers x (h, c) x 20 units x 4
-  bytes = 320 bytes of state per parameter coordinate.
+  bytes = 320 bytes of state per parameter coordinate. ``moments`` is an
+  :class:`AdamMoments` for ``"rnnprop"`` inputs (8 more bytes per coordinate), else ``()``.
   """
 
   hidden: tuple[Any, ...]
   cell: tuple[Any, ...]
+  moments: Any = ()
 
 
 def _check_float_leaves(tree: Any, what: str) -> None:
@@ -57,9 +68,14 @@ def init_lstm_state(params: Any, config: LSTMConfig) -> LearnedRuleState:
   """
   def zeros(size):
     return jax.tree.map(lambda p: jnp.zeros(tuple(p.shape) + (size,), jnp.float32), params)
+  moments = ()
+  if config.stateful_inputs:
+    like = lambda: jax.tree.map(lambda p: jnp.zeros(tuple(p.shape), jnp.float32), params)
+    moments = AdamMoments(like(), like(), jnp.zeros((), jnp.int32))
   return LearnedRuleState(
       hidden=tuple(zeros(size) for size in config.hidden_sizes),
       cell=tuple(zeros(size) for size in config.hidden_sizes),
+      moments=moments,
   )
 
 
@@ -93,10 +109,19 @@ def learned_step(
           f"was made for shape {tuple(h.shape[:-1])}")
   hidden = [treedef.flatten_up_to(h) for h in state.hidden]
   cell = [treedef.flatten_up_to(c) for c in state.cell]
+  features, moments = [None] * len(leaves), ()
+  if config.stateful_inputs:
+    count = state.moments.count + 1
+    m, v = treedef.flatten_up_to(state.moments.m), treedef.flatten_up_to(state.moments.v)
+    features, m, v = map(list, zip(*[adam_features(g, m[i], v[i], count, config.beta1,
+                                                   config.beta2)
+                                     for i, g in enumerate(leaves)])) if leaves else ([], [], [])
+    moments = AdamMoments(treedef.unflatten(m), treedef.unflatten(v), count)
   net = CoordinatewiseLSTM(config)
   updates, new_h, new_c = [], [[] for _ in hidden], [[] for _ in cell]
   for i, g in enumerate(leaves):
-    out, hs, cs = net.apply(meta_params, g, [h[i] for h in hidden], [c[i] for c in cell])
+    out, hs, cs = net.apply(meta_params, g, [h[i] for h in hidden], [c[i] for c in cell],
+                            features[i])
     updates.append(out.astype(g.dtype))
     for layer in range(len(hidden)):
       new_h[layer].append(hs[layer])
@@ -106,6 +131,7 @@ def learned_step(
       LearnedRuleState(
           hidden=tuple(treedef.unflatten(h) for h in new_h),
           cell=tuple(treedef.unflatten(c) for c in new_c),
+          moments=moments,
       ),
   )
 

@@ -2,6 +2,7 @@
 
 from typing import Any, Callable
 
+from metaopt.problems.augment import AugmentedFamily, AugmentedTask
 from metaopt.problems.base import ProblemFamily
 from metaopt.problems.conv import CONV_GROUPS, ConvFamily, ConvTask, select_classes
 from metaopt.problems.classification import classification_metrics
@@ -34,6 +35,6 @@ def make_family(name: str, **kwargs) -> ProblemFamily:
   return FAMILIES[name](**kwargs)
 
 
-__all__ = ["CONV_GROUPS", "ConvFamily", "ConvTask", "FAMILIES", "MLPFamily", "MLPTask",
+__all__ = ["AugmentedFamily", "AugmentedTask", "CONV_GROUPS", "ConvFamily", "ConvTask", "FAMILIES", "MLPFamily", "MLPTask",
            "ProblemFamily", "QuadraticFamily", "QuadraticTask", "classification_metrics",
            "make_family", "select_classes"]
