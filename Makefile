@@ -10,7 +10,7 @@ export METAOPT_DATA_DIR
 # RESUME=1 continues an interrupted meta-training from its newest checkpoint (.cache/checkpoints/).
 export QUICK RESUME
 
-.PHONY: install test quadratic mnist cifar generalize generalize-ablation bench clean
+.PHONY: install test quadratic mnist cifar art generalize generalize-ablation bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ mnist: $(STAMP)
 
 cifar: $(STAMP)
 	$(PY) -m experiments.cifar
+
+art: $(STAMP)
+	$(PY) -m experiments.art
 
 generalize: $(STAMP)
 	$(PY) -m experiments.generalize

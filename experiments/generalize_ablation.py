@@ -19,7 +19,7 @@ from metaopt.experiment import ExperimentConfig, ExtraRule
 from metaopt.problems.classification import classification_metrics
 from metaopt.problems.mlp import MLPFamily
 
-NUM_META_STEPS = 400   # per rule (the full experiment uses 1000)
+NUM_META_STEPS = 250   # per rule (the full experiment uses 1000)
 
 
 def config(quick: bool = False, data_dir: str | None = None) -> ExperimentConfig:
@@ -44,7 +44,7 @@ def config(quick: bool = False, data_dir: str | None = None) -> ExperimentConfig
       lstm=generalize.GENERAL_LSTM, rule_name="lstm_general", train=train,
       eval_steps=train.horizon, variants=generalize.variants(quick, data_dir), extra_rules=extra,
       baselines=("adam",),
-      num_test_problems=4 if quick else 32, num_tune_problems=2 if quick else 8,
+      num_test_problems=4 if quick else 16, num_tune_problems=2 if quick else 8,
       lr_grid=(1e-3, 1e-2, 1e-1, 1.0) if quick else tuple(10.0 ** (k / 2) for k in range(-8, 1)),
       test_metrics=classification_metrics, test_data=(mnist.test_images, mnist.test_labels),
   )

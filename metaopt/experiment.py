@@ -112,6 +112,7 @@ class ExperimentConfig:
     rule_name: the main rule's name in ``summary.json`` (and ``<rule_name>.msgpack``).
     train_family: the main rule's meta-training problems, if not ``family`` (e.g. an
       :class:`metaopt.problems.AugmentedFamily` of it); validation uses ``family``.
+    info: more JSON fields for ``summary.json`` (e.g. which feature network was used).
   """
 
   name: str
@@ -130,6 +131,7 @@ class ExperimentConfig:
   extra_rules: Sequence[ExtraRule] = ()
   rule_name: str = "lstm"
   train_family: ProblemFamily | None = None
+  info: dict = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     unknown = [b for b in self.baselines if b not in BASELINES]
@@ -301,7 +303,8 @@ def _load_rule(rule: ExtraRule):
 def _summary(cfg: ExperimentConfig, variants: dict, trained: dict, extra: dict,
              eval_seconds: float) -> dict:
   record = _training_record(*trained[cfg.rule_name])
-  return make_summary(cfg.name, variants, record.pop("meta_train_seconds"), eval_seconds, **record,
+  return make_summary(cfg.name, variants, record.pop("meta_train_seconds"), eval_seconds,
+                      **cfg.info, **record,
                       **({"extra_rules": extra} if extra else {}))
 
 
@@ -313,11 +316,13 @@ def _training_record(rule: ExtraRule, result) -> dict:
 
 
 def main(name: str, make_config: Callable[..., ExperimentConfig], argv=None,
-         doc: str | None = None, data: bool = False) -> dict:
+         doc: str | None = None, data: bool = False,
+         after: Callable[[ExperimentConfig, dict, pathlib.Path], None] | None = None) -> dict:
   """Command line shared by ``experiments/*.py``: --quick, --out, --resume, --data-dir.
 
   ``QUICK=1`` and ``RESUME=1`` in the environment act like the flags (the
   Makefile passes them through). Checkpoints go to ``.cache/checkpoints/<out>``.
+  ``after(cfg, summary, out_dir)`` runs once the results are written (e.g. extra plots).
   """
   flag = lambda var: os.environ.get(var, "") not in ("", "0")
   parser = argparse.ArgumentParser(description=doc)
@@ -339,5 +344,8 @@ def main(name: str, make_config: Callable[..., ExperimentConfig], argv=None,
   out = pathlib.Path(args.out or os.path.join("results", "quick" if args.quick else "", name))
   cfg = make_config(args.quick, args.data_dir) if data else make_config(args.quick)
   checkpoints = pathlib.Path(".cache", "checkpoints", *out.resolve().parts[-2:])
-  return run_experiment(cfg, out, progress=not args.no_progress, checkpoint_dir=checkpoints,
-                        resume=args.resume)
+  summary = run_experiment(cfg, out, progress=not args.no_progress, checkpoint_dir=checkpoints,
+                           resume=args.resume)
+  if after is not None:
+    after(cfg, summary, out)
+  return summary
