@@ -16,8 +16,15 @@ from metaopt.networks import LSTMConfig
 from metaopt.rule import learned_rule
 
 
-@pytest.fixture
-def rule(phi):
+RNNPROP = LSTMConfig(preprocessing="rnnprop", output_activation="tanh", output_scale=0.1)
+
+
+@pytest.fixture(params=["paper", "rnnprop"])
+def rule(request, phi):
+  """The paper's rule, and the RNNprop variant (moments in its state)."""
+  if request.param == "rnnprop":
+    return learned_rule(jax.tree.map(lambda x: 3.0 * x,
+                                     metaopt.init_meta_params(RNNPROP, jax.random.key(1))), RNNPROP)
   return learned_rule(jax.tree.map(lambda x: 3.0 * x, phi))
 
 
@@ -51,7 +58,7 @@ def test_tree_map_params(rule):
   params = _params()
   state = rule.init(params)
   mapped = optax.tree.map_params(rule, lambda x: jnp.full_like(x, 7.0), state)
-  assert all(bool(jnp.all(x == 7.0)) for x in jax.tree.leaves(mapped))
+  assert all(bool(jnp.all(x == 7.0)) for x in jax.tree.leaves((mapped.hidden, mapped.cell)))
   specs = optax.tree.map_params(rule, lambda _, spec: spec, state, {"w": "W", "b": "B"},
                                 transform_non_params=lambda _: None)
   assert specs.hidden[0] == {"w": "W", "b": "B"} and specs.cell[1] == {"w": "W", "b": "B"}
@@ -112,7 +119,8 @@ def test_state_memory_per_parameter_is_320_bytes_for_the_default_config(rule):
   params = {"w": jnp.zeros((100, 10)), "b": jnp.zeros(17)}
   state = rule.init(params)
   n = 100 * 10 + 17
-  assert sum(x.nbytes for x in jax.tree.leaves(state)) == 320 * n
+  moments = 8 * n + 4 if state.moments else 0   # rnnprop: m and v (f32) per coordinate + count
+  assert sum(x.nbytes for x in jax.tree.leaves(state)) == 320 * n + moments
   assert "320 bytes" in learned_rule.__doc__
 
 
