@@ -27,7 +27,8 @@ def config(quick: bool = False, data_dir: str | None = None) -> ExperimentConfig
   mnist = load_dataset("mnist", data_dir)
   base = MLPFamily.from_dataset(mnist, init_scale=0.01, batch_size=128)
   train = dataclasses.replace(generalize.train_config(quick),
-                              num_meta_steps=8 if quick else NUM_META_STEPS)
+                              num_meta_steps=8 if quick else NUM_META_STEPS,
+                              num_valid_problems=2 if quick else 4)
   paper_net = generalize.PAPER_LSTM
   ablations = {
       "lstm_no_rnnprop": dict(lstm=paper_net),
