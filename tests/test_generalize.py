@@ -148,3 +148,24 @@ def test_experiment_with_an_augmented_main_rule_and_a_pretrained_one(tmp_path):
     run_experiment(ExperimentConfig(name="g", family=fam, lstm=RNNPROP, train=train,
                                     extra_rules=(wrong,), rule_name="lstm_general"),
                    tmp_path / "x", progress=False)
+
+
+@pytest.mark.skipif("general" not in metaopt.list_pretrained(), reason="no shipped general rule")
+def test_shipped_general_rule_loads_by_name_and_is_scale_free():
+  phi, config, meta = metaopt.load_pretrained("general")
+  assert config.preprocessing == "rnnprop" and config.output_activation == "tanh"
+  opt = metaopt.learned_rule(phi, config)
+  target = jnp.linspace(-1.0, 1.0, 16)
+
+  def run(scale):
+    loss = lambda p: scale * jnp.sum((p - target) ** 2)
+    def step(carry, _):
+      p, s = carry
+      u, s = opt.update(jax.grad(loss)(p), s)
+      return (optax.apply_updates(p, u), s), loss(p)
+    return jax.lax.scan(step, (jnp.zeros(16), opt.init(jnp.zeros(16))), length=200)[1] / scale
+
+  losses = jax.jit(run)(1.0)
+  assert losses[-1] < 0.05 * losses[0]
+  # Adam-normalized inputs: multiplying the loss by 1000 leaves the trajectory unchanged.
+  np.testing.assert_allclose(jax.jit(run)(1000.0), losses, rtol=1e-3, atol=1e-6)
