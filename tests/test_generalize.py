@@ -167,5 +167,6 @@ def test_shipped_general_rule_loads_by_name_and_is_scale_free():
 
   losses = jax.jit(run)(1.0)
   assert losses[-1] < 0.05 * losses[0]
-  # Adam-normalized inputs: multiplying the loss by 1000 leaves the trajectory unchanged.
-  np.testing.assert_allclose(jax.jit(run)(1000.0), losses, rtol=1e-3, atol=1e-6)
+  # Adam-normalized inputs: multiplying the loss by 1000 leaves the trajectory unchanged
+  # (until gradients approach the eps = 1e-8 of the normalization, near convergence).
+  np.testing.assert_allclose(jax.jit(run)(1000.0)[:50], losses[:50], rtol=1e-3)
