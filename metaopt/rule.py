@@ -113,9 +113,8 @@ def learned_step(
   if config.stateful_inputs:
     count = state.moments.count + 1
     m, v = treedef.flatten_up_to(state.moments.m), treedef.flatten_up_to(state.moments.v)
-    features, m, v = map(list, zip(*[adam_features(g, m[i], v[i], count, config.beta1,
-                                                   config.beta2)
-                                     for i, g in enumerate(leaves)])) if leaves else ([], [], [])
+    for i, g in enumerate(leaves):
+      features[i], m[i], v[i] = adam_features(g, m[i], v[i], count, config.beta1, config.beta2)
     moments = AdamMoments(treedef.unflatten(m), treedef.unflatten(v), count)
   net = CoordinatewiseLSTM(config)
   updates, new_h, new_c = [], [[] for _ in hidden], [[] for _ in cell]
