@@ -8,7 +8,7 @@ ship with scikit-image (``skimage.data``, no download): training style
 192x192 crop), new style ``brick`` (a grey brick-wall texture, its top-left
 256x256 crop). Feature network: a fixed random-filter conv net (seeded), or
 VGG-16 from ``$METAOPT_VGG16_WEIGHTS`` (see :mod:`metaopt.problems.features`).
-Writes ``results/art/{summary.json, curves.png, grid.png, lstm.msgpack}``.
+Writes ``results/art/{summary.json, curves.png, grid.jpg, lstm.msgpack}``.
 Run: ``make art`` (full) or ``QUICK=1 make art``.
 """
 
@@ -106,14 +106,14 @@ def picture_grid(cfg: ExperimentConfig, summary: dict, phi, path: pathlib.Path,
       tiles = [resize_images((np.clip(t, 0, 1)[None] * 255).astype(np.uint8), 128)[0] for t in tiles]
       rows.append(np.concatenate(tiles, axis=1))
     print(f"picture grid {variant.name}: content | style | lstm | {best}")
-  PIL.Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+  PIL.Image.fromarray(np.concatenate(rows, axis=0)).save(path, quality=90)
 
 
 def write_grid(cfg: ExperimentConfig, summary: dict, out: pathlib.Path) -> None:
-  """``grid.png`` from the trained rule saved in ``out``."""
+  """``grid.jpg`` from the trained rule saved in ``out``."""
   phi, _, _ = load_meta_params(out / "lstm.msgpack", cfg.lstm)
-  picture_grid(cfg, summary, phi, out / "grid.png")
-  print(f"wrote {out / 'grid.png'}")
+  picture_grid(cfg, summary, phi, out / "grid.jpg")
+  print(f"wrote {out / 'grid.jpg'}")
 
 
 def main(argv=None) -> dict:

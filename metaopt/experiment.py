@@ -274,7 +274,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | pathlib.Path,
              for name, (rule, result) in trained.items()
              if rule.variants is None or variant.name in rule.variants}
     variants[variant.name] = evaluate_variant(cfg, variant, rules, tuned)
-    print(f"evaluated variant {variant.name} ({time.perf_counter() - start:.0f} s)", flush=True)
+    elapsed = time.perf_counter() - start
+    print(f"evaluated variant {variant.name} ({elapsed:.0f} s since evaluation began)", flush=True)
     if len(variants) < len(cfg.all_variants()):  # long evaluations: keep what is done so far
       write_summary(out_dir / "summary.partial.json",
                     _summary(cfg, variants, trained, extra, time.perf_counter() - start))
