@@ -139,3 +139,19 @@ def test_sequential_runs_give_the_same_curves_as_vmapped_runs():
   vec = jax.jit(lambda t, k: loss_curves(optax.sgd(0.1), fam.replace(batch_runs=True), t, k, 3))(
       tasks, keys)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), seq, vec)
+
+
+def test_sequential_meta_loss_and_gradient_equal_the_vmapped_ones():
+  # batch_runs=False: meta-training unrolls the problems one after another (lax.map).
+  from metaopt.meta_train import start_runs, truncated_meta_loss
+  fam, config = _family(), LSTMConfig(preprocessing="log_sign", output_scale=0.1)
+  phi = metaopt.init_meta_params(config, jax.random.key(0))
+  tasks, runs = start_runs(fam, config, phi, jax.random.key(1), 2)
+  meta_grad = lambda f: jax.jit(jax.value_and_grad(
+      lambda p: truncated_meta_loss(p, config, f, tasks, runs, 3)[0]))(phi)
+  seq_loss, seq_grad = meta_grad(fam)
+  vec_loss, vec_grad = meta_grad(fam.replace(batch_runs=True))
+  np.testing.assert_allclose(seq_loss, vec_loss, rtol=1e-4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6),
+               seq_grad, vec_grad)
+  assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(seq_grad))
