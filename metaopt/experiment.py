@@ -278,7 +278,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | pathlib.Path,
     print(f"evaluated variant {variant.name} ({elapsed:.0f} s since evaluation began)", flush=True)
     if len(variants) < len(cfg.all_variants()):  # long evaluations: keep what is done so far
       write_summary(out_dir / "summary.partial.json",
-                    _summary(cfg, variants, trained, extra, time.perf_counter() - start))
+                    _summary(cfg, variants, trained, extra, elapsed))
   summary = _summary(cfg, variants, trained, extra, time.perf_counter() - start)
   write_summary(out_dir / "summary.json", summary)
   (out_dir / "summary.partial.json").unlink(missing_ok=True)

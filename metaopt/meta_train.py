@@ -31,7 +31,8 @@ from metaopt.checkpoint import CorruptCheckpointError, load_tree_checkpoint, sav
 from metaopt.networks import RuleConfig, config_from_dict, init_meta_params
 from metaopt.problems.base import ProblemFamily, Task
 from metaopt.rule import learned_rule, rule_factory
-from metaopt.unroll import UnrollState, init_unroll, jitted_loss_curves, sample_tasks, unroll
+from metaopt.unroll import (UnrollState, init_unroll, jitted_loss_curves, map_runs, sample_tasks,
+                            unroll)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,9 +180,8 @@ def truncated_meta_loss(phi: Any, config: RuleConfig, family: ProblemFamily, tas
   The sum runs over the ``num_steps`` losses after each update (theta_{t0+1} ..
   theta_{t0+T}): the loss at theta_{t0} does not depend on this unroll's phi.
   ``objective="log_loss"`` sums log f(theta_t) instead. Problems are vmapped,
-  or unrolled one after another (``lax.map``) when the family sets
-  ``batch_runs = False`` (e.g. conv nets, whose vmapped kernels become slow
-  grouped convolutions on CPU).
+  or unrolled one after another for families with ``batch_runs = False``
+  (:func:`metaopt.unroll.map_runs`).
 
   Returns:
     ``(meta_loss, (new_runs, losses))``, losses of shape (batch, num_steps + 1).
@@ -192,11 +192,7 @@ def truncated_meta_loss(phi: Any, config: RuleConfig, family: ProblemFamily, tas
     new_run, losses = unroll(rule, family, task, run, num_steps, second_order, remat)
     return jnp.sum(META_OBJECTIVES[objective](losses[1:])), (new_run, losses)
 
-  batch = jax.tree.leaves(runs)[0].shape[0]
-  if getattr(family, "batch_runs", True) or batch == 1:
-    totals, aux = jax.vmap(one)(tasks, runs)
-  else:
-    totals, aux = jax.lax.map(lambda args: one(*args), (tasks, runs))
+  totals, aux = map_runs(family, one, tasks, runs)
   return jnp.mean(totals), aux
 
 

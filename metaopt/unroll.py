@@ -172,11 +172,23 @@ def loss_curves(optimizer: optax.GradientTransformation, family: ProblemFamily,
     state = init_unroll(optimizer, family, task, key)
     state, losses = unroll(optimizer, family, task, state, num_steps)
     return losses, (state.params, state.model_state)
-  if getattr(family, "batch_runs", True):
-    return jax.vmap(one_run)(tasks, keys)
-  # Families whose vmapped ops are slow (per-run conv kernels become grouped
-  # convolutions, ~3x slower per run on CPU) run their problems one after another.
-  return jax.lax.map(lambda args: one_run(*args), (tasks, keys))
+  return map_runs(family, one_run, tasks, keys)
+
+
+def map_runs(family: ProblemFamily, fn: Callable, *args: Any) -> Any:
+  """``fn`` over the leading (run) axis of ``args``: vmapped, or one run after another.
+
+  Families whose vmapped ops are slow (per-run conv kernels become grouped
+  convolutions, ~3x slower per run on CPU) set ``batch_runs = False`` and get
+  ``lax.map``; a single run is always vmapped (no loop around it).
+
+  Example:
+    >>> losses = map_runs(family, lambda task, key: run(task, key), tasks, keys)
+  """
+  num_runs = jax.tree.leaves(args)[0].shape[0]
+  if getattr(family, "batch_runs", True) or num_runs == 1:
+    return jax.vmap(fn)(*args)
+  return jax.lax.map(lambda a: fn(*a), args)
 
 
 @functools.partial(jax.jit, static_argnames=("make_optimizer", "num_steps"))
