@@ -63,6 +63,13 @@ class MetaTrainConfig:
       starts (from the stage's best phi, with a fresh meta-optimizer state).
     meta_objective: ``"loss"`` (paper: sum of losses over the unroll) or
       ``"log_loss"`` (sum of log losses, Wichrowska et al. 2017; losses must be > 0).
+    phi_average: if set, the decay ``d`` of an exponential moving average of phi
+      (Polyak averaging), ``phi_avg <- d phi_avg + (1 - d) phi`` after every meta-step;
+      validation, early stopping and the returned phi then use the average, which
+      smooths the noise of small meta-batches. None (paper): the raw phi.
+    meta_lr_schedule: ``"constant"`` (paper) or ``"cosine"``: the meta-learning rate
+      decays as ``0.5 (1 + cos(pi s / num_meta_steps))`` over meta-steps ``s`` (from the
+      meta-step count, so it survives collapse-guard resets and resumes).
   """
 
   horizon: int = 100
@@ -82,6 +89,8 @@ class MetaTrainConfig:
   curriculum: tuple[int, ...] = ()
   curriculum_patience: int = 1
   meta_objective: str = "loss"
+  phi_average: float | None = None
+  meta_lr_schedule: str = "constant"
 
   def __post_init__(self):
     for name in ("horizon", "unroll_length", "batch_size", "num_meta_steps", "valid_every",
@@ -107,6 +116,12 @@ class MetaTrainConfig:
     if self.meta_objective not in META_OBJECTIVES:
       raise ValueError(f"MetaTrainConfig.meta_objective must be one of {sorted(META_OBJECTIVES)}, "
                        f"got {self.meta_objective!r}")
+    if self.phi_average is not None and not 0 <= self.phi_average < 1:
+      raise ValueError(f"MetaTrainConfig.phi_average must be in [0, 1) or None, got "
+                       f"{self.phi_average!r}")
+    if self.meta_lr_schedule not in ("constant", "cosine"):
+      raise ValueError(f"MetaTrainConfig.meta_lr_schedule must be 'constant' or 'cosine', got "
+                       f"{self.meta_lr_schedule!r}")
     if int(self.curriculum_patience) <= 0:
       raise ValueError(f"MetaTrainConfig.curriculum_patience must be a positive integer, got "
                        f"{self.curriculum_patience!r}")
@@ -130,6 +145,7 @@ class TrainState(NamedTuple):
   runs: UnrollState
   key: jax.Array
   step: jax.Array
+  phi_avg: Any = None   # the moving average of phi (``phi_average``), else None
 
 
 class MetaTrainResult(NamedTuple):
@@ -138,7 +154,7 @@ class MetaTrainResult(NamedTuple):
   Attributes:
     phi: the best phi by validation loss (early stopping).
     best_valid_loss: its validation loss (mean over problems and steps 1..T).
-    final_phi: phi after the last meta-step.
+    final_phi: phi after the last meta-step (its moving average with ``phi_average``).
     history: ``{"meta_loss": [...], "valid_step": [...], "valid_loss": [...],
       "valid_horizon": [...], "restored_at": [...], "stage_start": [...]}``
       (restored_at: meta-steps where the collapse guard restored the best phi;
@@ -158,6 +174,23 @@ class MetaTrainResult(NamedTuple):
 def meta_optimizer(cfg: MetaTrainConfig) -> optax.GradientTransformation:
   """Global-norm clipping followed by Adam (the paper's meta-optimizer)."""
   return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), optax.adam(cfg.meta_learning_rate))
+
+
+def meta_lr_factor(cfg: MetaTrainConfig, step: jax.Array) -> jax.Array:
+  """The meta-learning rate at meta-step ``step`` over ``cfg.meta_learning_rate``.
+
+  1 for ``"constant"``; :math:`\\tfrac12 (1 + \\cos(\\pi s / S))` for ``"cosine"``
+  (``S = cfg.num_meta_steps``, clipped at 0 beyond it).
+  """
+  if cfg.meta_lr_schedule == "constant":
+    return jnp.ones((), jnp.float32)
+  frac = jnp.minimum(step.astype(jnp.float32) / cfg.num_meta_steps, 1.0)
+  return 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+
+
+def evaluated_phi(state: "TrainState") -> Any:
+  """The phi that validation scores: the moving average when kept, else the current phi."""
+  return state.phi if state.phi_avg is None else state.phi_avg
 
 
 def start_runs(family: ProblemFamily, config: RuleConfig, phi: Any, key: jax.Array,
@@ -216,10 +249,13 @@ def make_meta_step(config: RuleConfig, cfg: MetaTrainConfig):
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = opt.update(grads, state.meta_opt_state, state.phi)
+    updates = optax.tree.scale(meta_lr_factor(cfg, state.step), updates)
     keep = lambda new, old: jnp.where(finite, new, old)
     phi = jax.tree.map(keep, optax.apply_updates(state.phi, updates), state.phi)
     opt_state = jax.tree.map(keep, opt_state, state.meta_opt_state)
-    new_state = state._replace(phi=phi, meta_opt_state=opt_state,
+    phi_avg = None if state.phi_avg is None else jax.tree.map(
+        lambda a, p: a + (1.0 - cfg.phi_average) * (p - a), state.phi_avg, phi)
+    new_state = state._replace(phi=phi, meta_opt_state=opt_state, phi_avg=phi_avg,
                                runs=jax.lax.stop_gradient(runs), step=state.step + 1)
     return new_state, {"meta_loss": loss, "grad_norm": grad_norm, "finite": finite}
 
@@ -244,7 +280,8 @@ def shard_over_devices(state: TrainState, devices=None) -> TrainState:
       phi=jax.device_put(state.phi, replicated),
       meta_opt_state=jax.device_put(state.meta_opt_state, replicated),
       tasks=jax.device_put(state.tasks, split), runs=jax.device_put(state.runs, split),
-      key=jax.device_put(state.key, replicated), step=jax.device_put(state.step, replicated))
+      key=jax.device_put(state.key, replicated), step=jax.device_put(state.step, replicated),
+      phi_avg=jax.device_put(state.phi_avg, replicated))
 
 
 def init_train_state(family: ProblemFamily, config: RuleConfig, cfg: MetaTrainConfig
@@ -255,7 +292,8 @@ def init_train_state(family: ProblemFamily, config: RuleConfig, cfg: MetaTrainCo
   k_runs, k_data = jax.random.split(k_data)
   tasks, runs = _jitted_start_runs(family, config, phi, k_runs, cfg.batch_size)
   return shard_over_devices(TrainState(phi, meta_optimizer(cfg).init(phi), tasks, runs, k_data,
-                                       jnp.zeros((), jnp.int32)))
+                                       jnp.zeros((), jnp.int32),
+                                       None if cfg.phi_average is None else phi))
 
 
 _jitted_start_runs = jax.jit(start_runs, static_argnums=(1, 4))
@@ -414,7 +452,7 @@ def _meta_train(family, valid_family, config, cfg, progress, checkpoint_dir, res
       cfg.num_valid_problems)
   meta_step = make_meta_step(config, cfg)
   state = init_train_state(family, config, cfg)
-  best_phi = state.phi
+  best_phi = evaluated_phi(state)
   loop = {"step": 0, "unrolls_done": 0, "best_valid": None, "num_skipped": 0,
           "consecutive_nonfinite": 0, "stage": 0, "stalls": 0,
           "history": {"meta_loss": [], "valid_step": [], "valid_loss": [], "restored_at": [],
@@ -446,7 +484,12 @@ def _meta_train(family, valid_family, config, cfg, progress, checkpoint_dir, res
     return loss
 
   if loop["best_valid"] is None:
-    loop["best_valid"] = validate(state.phi, 0)
+    loop["best_valid"] = validate(evaluated_phi(state), 0)
+
+  def restart_from(phi):
+    """phi (and its average) set to ``phi`` with a fresh meta-optimizer state."""
+    return state._replace(phi=phi, meta_opt_state=meta_optimizer(cfg).init(phi),
+                          phi_avg=None if state.phi_avg is None else phi)
 
   def result(phi_last):
     return MetaTrainResult(best_phi, loop["best_valid"], phi_last, history, loop["num_skipped"],
@@ -475,18 +518,18 @@ def _meta_train(family, valid_family, config, cfg, progress, checkpoint_dir, res
       loop["consecutive_nonfinite"] += 1
       loop["unrolls_done"] = unrolls_per_run()  # the runs may hold non-finite values: restart
     if (i + 1) % cfg.valid_every == 0 or i + 1 == cfg.num_meta_steps:
-      valid = validate(state.phi, i + 1)
+      valid = validate(evaluated_phi(state), i + 1)
       if valid < loop["best_valid"]:
-        best_phi, loop["best_valid"], loop["stalls"] = state.phi, valid, 0
+        best_phi, loop["best_valid"], loop["stalls"] = evaluated_phi(state), valid, 0
       else:
         loop["stalls"] += 1
         if cfg.collapse_factor is not None and not valid <= cfg.collapse_factor * loop["best_valid"]:
-          state = state._replace(phi=best_phi, meta_opt_state=meta_optimizer(cfg).init(best_phi))
+          state = restart_from(best_phi)
           history["restored_at"].append(i + 1)
         if loop["stalls"] >= cfg.curriculum_patience and loop["stage"] + 1 < len(horizons):
           # Validation stopped improving: the next, longer horizon, from the best phi.
           loop["stage"], loop["stalls"] = loop["stage"] + 1, 0
-          state = state._replace(phi=best_phi, meta_opt_state=meta_optimizer(cfg).init(best_phi))
+          state = restart_from(best_phi)
           loop["unrolls_done"] = unrolls_per_run()  # fresh problems at the new horizon
           history["stage_start"].append(i + 1)
           loop["best_valid"] = validate(best_phi, i + 1)
@@ -510,7 +553,8 @@ def _meta_train(family, valid_family, config, cfg, progress, checkpoint_dir, res
           f"meta-training stopped at meta-step {i + 1}: {loop['consecutive_nonfinite']} "
           f"non-finite meta-losses or meta-gradients in a row (max_consecutive_nonfinite="
           f"{cfg.max_consecutive_nonfinite}); the best phi so far (validation loss "
-          f"{loop['best_valid']:.4g}) is kept in the exception's result", result(state.phi))
+          f"{loop['best_valid']:.4g}) is kept in the exception's result",
+          result(evaluated_phi(state)))
   save()
   jax.block_until_ready(best_phi)
-  return result(state.phi)
+  return result(evaluated_phi(state))

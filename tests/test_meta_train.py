@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from flax import struct
 
-from metaopt.meta_train import MetaTrainConfig, init_train_state, meta_train, validation_loss
+from metaopt.meta_train import (MetaTrainConfig, init_train_state, make_meta_step, meta_lr_factor,
+                                meta_train, validation_loss)
 from metaopt.networks import LSTMConfig
 from metaopt.problems import QuadraticFamily
 from metaopt.unroll import sample_tasks
@@ -53,7 +54,55 @@ def test_non_finite_meta_loss_skips_the_update_and_keeps_phi_finite():
     (dict(horizon=100, unroll_length=30), "multiple of unroll_length"),
     (dict(batch_size=0), "batch_size must be a positive integer"),
     (dict(meta_learning_rate=-1.0), "meta_learning_rate must be > 0"),
+    (dict(phi_average=1.0), "phi_average must be in"),
+    (dict(meta_lr_schedule="linear"), "meta_lr_schedule must be"),
 ])
 def test_bad_configuration_is_rejected_before_any_compute(kwargs, message):
   with pytest.raises(ValueError, match=message):
     MetaTrainConfig(**kwargs)
+
+
+def test_phi_average_is_the_moving_average_of_an_unchanged_phi_trajectory():
+  fam, config = QuadraticFamily(), LSTMConfig()
+  base = MetaTrainConfig(horizon=4, unroll_length=2, batch_size=4, num_meta_steps=3)
+  plain, averaged = base, MetaTrainConfig(**{**base.__dict__, "phi_average": 0.5})
+  s_plain, s_avg = init_train_state(fam, config, plain), init_train_state(fam, config, averaged)
+  step_plain, step_avg = make_meta_step(config, plain), make_meta_step(config, averaged)
+  phis, expected = [s_plain.phi], s_avg.phi_avg
+  for _ in range(2):
+    s_plain, _ = step_plain(fam, s_plain)
+    s_avg, _ = step_avg(fam, s_avg)
+    phis.append(s_plain.phi)
+    expected = jax.tree.map(lambda a, p: 0.5 * a + 0.5 * p, expected, s_plain.phi)
+  assert s_plain.phi_avg is None
+  jax.tree.map(np.testing.assert_array_equal, s_avg.phi, s_plain.phi)  # training is unchanged
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               s_avg.phi_avg, expected)
+  assert not np.allclose(jax.tree.leaves(s_avg.phi_avg)[0], jax.tree.leaves(s_avg.phi)[0])
+
+
+def test_meta_training_with_phi_average_returns_the_averaged_phi_it_scored():
+  fam, config = QuadraticFamily(), LSTMConfig()
+  cfg = MetaTrainConfig(horizon=10, unroll_length=5, batch_size=8, num_meta_steps=20,
+                        meta_learning_rate=1e-2, valid_every=5, num_valid_problems=8,
+                        phi_average=0.8)
+  result = meta_train(fam, config, cfg, progress=False)
+  valid_tasks, valid_keys = sample_tasks(fam, jax.random.fold_in(jax.random.key(0), 1_000_003), 8)
+  rescored = validation_loss(result.phi, config, fam, valid_tasks, valid_keys, 10)
+  np.testing.assert_allclose(rescored, result.best_valid_loss, rtol=1e-5)
+  final = validation_loss(result.final_phi, config, fam, valid_tasks, valid_keys, 10)
+  np.testing.assert_allclose(final, result.history["valid_loss"][-1], rtol=1e-5)
+
+
+def test_cosine_meta_learning_rate_decays_to_zero_and_then_leaves_phi_unchanged():
+  fam, config = QuadraticFamily(), LSTMConfig()
+  cfg = MetaTrainConfig(horizon=4, unroll_length=2, batch_size=4, num_meta_steps=10,
+                        meta_lr_schedule="cosine")
+  factors = [float(meta_lr_factor(cfg, jnp.asarray(s))) for s in (0, 5, 10, 20)]
+  np.testing.assert_allclose(factors, [1.0, 0.5, 0.0, 0.0], atol=1e-6)
+  state = init_train_state(fam, config, cfg)
+  meta_step = make_meta_step(config, cfg)
+  moved, _ = meta_step(fam, state)
+  assert not np.allclose(jax.tree.leaves(moved.phi)[0], jax.tree.leaves(state.phi)[0])
+  ended, _ = meta_step(fam, state._replace(step=jnp.asarray(10, jnp.int32)))
+  jax.tree.map(np.testing.assert_array_equal, ended.phi, state.phi)
