@@ -9,6 +9,11 @@ export METAOPT_DATA_DIR
 # QUICK=1 runs reduced experiments that write to results/quick/ (git-ignored);
 # RESUME=1 continues an interrupted meta-training from its newest checkpoint (.cache/checkpoints/).
 export QUICK RESUME
+# XLA:CPU allocates fresh buffers on every call; with the C library's malloc each call re-faults
+# their pages (README "Speed and memory"). Experiments and the bench preload tcmalloc when it is
+# installed (Debian/Ubuntu: apt-get install libtcmalloc-minimal4); MALLOC_LIB= turns that off.
+MALLOC_LIB ?= $(firstword $(wildcard /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4))
+RUN := $(if $(MALLOC_LIB),LD_PRELOAD=$(MALLOC_LIB) TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD=1099511627776 )$(PY)
 
 .PHONY: install test quadratic mnist cifar art generalize generalize-ablation bench clean
 
@@ -24,25 +29,25 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --durations=10 tests
 
 quadratic: $(STAMP)
-	$(PY) -m experiments.quadratic
+	$(RUN) -m experiments.quadratic
 
 mnist: $(STAMP)
-	$(PY) -m experiments.mnist
+	$(RUN) -m experiments.mnist
 
 cifar: $(STAMP)
-	$(PY) -m experiments.cifar
+	$(RUN) -m experiments.cifar
 
 art: $(STAMP)
-	$(PY) -m experiments.art
+	$(RUN) -m experiments.art
 
 generalize: $(STAMP)
-	$(PY) -m experiments.generalize
+	$(RUN) -m experiments.generalize
 
 generalize-ablation: $(STAMP)
-	$(PY) -m experiments.generalize_ablation
+	$(RUN) -m experiments.generalize_ablation
 
 bench: $(STAMP)
-	$(PY) -m experiments.bench
+	$(RUN) -m experiments.bench
 
 clean:
 	rm -rf $(VENV) results/quick .pytest_cache

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 import metaopt
-from metaopt.evaluate import git_commit
+from metaopt.evaluate import git_commit, malloc_in_use
 from metaopt.meta_train import MetaTrainConfig, init_train_state, make_meta_step
 from metaopt.networks import LSTMConfig
 from metaopt.problems import MLPFamily, QuadraticFamily
@@ -124,7 +124,8 @@ def main(argv=None) -> dict:
   reps = 3 if args.quick else 7
   device = jax.devices()[0]
   rate = matmul_flop_rate(1024 if args.quick else 2048)
-  print(f"device {device.platform} ({device.device_kind}), matmul {rate / 1e9:.1f} GFLOP/s")
+  print(f"device {device.platform} ({device.device_kind}), malloc {malloc_in_use()}, "
+        f"matmul {rate / 1e9:.1f} GFLOP/s")
 
   problems = {"quadratic": (QuadraticFamily(), LSTMConfig(), 128)}
   try:
@@ -161,7 +162,8 @@ def main(argv=None) -> dict:
             f"({m['seconds']:.2f} s/meta-step)")
 
   result = {"device": f"{device.platform}:{device.device_kind}", "jax_version": jax.__version__,
-            "commit": git_commit(), "cpu_count": os.cpu_count(), "matmul_flop_rate": rate,
+            "commit": git_commit(), "cpu_count": os.cpu_count(), "malloc": malloc_in_use(),
+            "matmul_flop_rate": rate,
             "meta_step": meta, "rule_step": rule, "memory": memory}
   pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
   pathlib.Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

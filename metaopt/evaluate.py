@@ -49,6 +49,20 @@ def git_commit() -> str:
     return "unknown"
 
 
+def malloc_in_use() -> str:
+  """The allocator of this process: a loaded ``tcmalloc`` / ``jemalloc`` / ``mimalloc``, else "system".
+
+  XLA:CPU allocates fresh buffers on every call; a caching allocator (e.g.
+  ``LD_PRELOAD=libtcmalloc_minimal.so.4``, which the Makefile sets when it is
+  installed) avoids re-faulting their pages, so timings record which one ran.
+  """
+  try:
+    maps = pathlib.Path("/proc/self/maps").read_text()
+  except OSError:
+    return "unknown"
+  return next((name for name in ("tcmalloc", "jemalloc", "mimalloc") if name in maps), "system")
+
+
 def make_summary(experiment: str, variants: Mapping[str, dict], meta_train_seconds: float,
                  eval_seconds: float, **extra: Any) -> dict:
   """Assemble the summary dict shared by all experiments (DESIGN.md section 6)."""
@@ -59,6 +73,7 @@ def make_summary(experiment: str, variants: Mapping[str, dict], meta_train_secon
       "device_kind": jax.devices()[0].device_kind,
       "jax_version": jax.__version__,
       "python": platform.python_version(),
+      "malloc": malloc_in_use(),
       "meta_train_seconds": float(meta_train_seconds),
       "eval_seconds": float(eval_seconds),
       **extra,

@@ -1,5 +1,8 @@
 import json
 import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -10,6 +13,8 @@ from metaopt.experiment import ExperimentConfig, ExtraRule, Variant, run_experim
 from metaopt.meta_train import MetaTrainConfig
 from metaopt.networks import LSTMConfig
 from metaopt.problems import QuadraticFamily
+
+TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 
 
 def test_tiny_experiment_writes_summary_plot_and_a_loadable_rule(tmp_path):
@@ -23,6 +28,7 @@ def test_tiny_experiment_writes_summary_plot_and_a_loadable_rule(tmp_path):
   assert on_disk == json.loads(json.dumps(summary))
   for key in ("experiment", "commit", "device", "jax_version", "meta_train_seconds", "eval_seconds"):
     assert key in on_disk
+  assert on_disk["malloc"] in ("system", "tcmalloc", "jemalloc", "mimalloc")
   base = on_disk["variants"]["base"]
   assert base["steps"] == 10 and base["num_test_problems"] == 6
   assert set(base["optimizers"]) == {"lstm", "sgd", "rmsprop", "adam", "nag"}
@@ -132,3 +138,11 @@ def test_quick_quadratic_make_target_runs_end_to_end(tmp_path, monkeypatch):
   lstm = summary["variants"]["base"]["optimizers"]["lstm"]
   assert lstm["final_loss_mean"] < lstm["loss_mean"][0]
   assert list((tmp_path / ".cache" / "checkpoints" / "quick" / "quadratic").glob("step_*.ckpt"))
+
+
+@pytest.mark.skipif(not pathlib.Path(TCMALLOC).exists(), reason="tcmalloc not installed")
+def test_malloc_in_use_sees_a_preloaded_tcmalloc():
+  code = "from metaopt.evaluate import malloc_in_use; print(malloc_in_use())"
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "LD_PRELOAD": TCMALLOC})
+  assert out.stdout.strip() == "tcmalloc"
