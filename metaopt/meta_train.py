@@ -70,6 +70,9 @@ class MetaTrainConfig:
     meta_lr_schedule: ``"constant"`` (paper) or ``"cosine"``: the meta-learning rate
       decays as ``0.5 (1 + cos(pi s / num_meta_steps))`` over meta-steps ``s`` (from the
       meta-step count, so it survives collapse-guard resets and resumes).
+    valid_objective: what early stopping minimizes on the validation runs: ``"mean"``
+      (the meta-objective, mean loss over steps 1..T) or ``"final"`` (mean loss over the
+      last ``min(10, T)`` steps: the criterion the baselines' learning rates are tuned on).
   """
 
   horizon: int = 100
@@ -91,6 +94,7 @@ class MetaTrainConfig:
   meta_objective: str = "loss"
   phi_average: float | None = None
   meta_lr_schedule: str = "constant"
+  valid_objective: str = "mean"
 
   def __post_init__(self):
     for name in ("horizon", "unroll_length", "batch_size", "num_meta_steps", "valid_every",
@@ -122,6 +126,9 @@ class MetaTrainConfig:
     if self.meta_lr_schedule not in ("constant", "cosine"):
       raise ValueError(f"MetaTrainConfig.meta_lr_schedule must be 'constant' or 'cosine', got "
                        f"{self.meta_lr_schedule!r}")
+    if self.valid_objective not in VALID_OBJECTIVES:
+      raise ValueError(f"MetaTrainConfig.valid_objective must be one of {sorted(VALID_OBJECTIVES)}, "
+                       f"got {self.valid_objective!r}")
     if int(self.curriculum_patience) <= 0:
       raise ValueError(f"MetaTrainConfig.curriculum_patience must be a positive integer, got "
                        f"{self.curriculum_patience!r}")
@@ -134,6 +141,11 @@ class MetaTrainConfig:
 # Per-step loss -> its term in the meta-objective.
 META_OBJECTIVES = {"loss": lambda f: f,
                    "log_loss": lambda f: jnp.log(jnp.maximum(f, jnp.finfo(jnp.float32).tiny))}
+
+
+# Validation loss curves (runs x steps 1..T) -> the score early stopping minimizes.
+VALID_OBJECTIVES = {"mean": lambda curves: jnp.mean(curves),
+                    "final": lambda curves: jnp.mean(curves[:, -min(10, curves.shape[1]):])}
 
 
 class TrainState(NamedTuple):
@@ -153,7 +165,8 @@ class MetaTrainResult(NamedTuple):
 
   Attributes:
     phi: the best phi by validation loss (early stopping).
-    best_valid_loss: its validation loss (mean over problems and steps 1..T).
+    best_valid_loss: its validation score (``cfg.valid_objective``; default: mean over
+      problems and steps 1..T).
     final_phi: phi after the last meta-step (its moving average with ``phi_average``).
     history: ``{"meta_loss": [...], "valid_step": [...], "valid_loss": [...],
       "valid_horizon": [...], "restored_at": [...], "stage_start": [...]}``
@@ -300,11 +313,15 @@ _jitted_start_runs = jax.jit(start_runs, static_argnums=(1, 4))
 
 
 def validation_loss(phi: Any, config: RuleConfig, family: ProblemFamily, tasks: Task,
-                    keys: jax.Array, horizon: int) -> float:
-  """Mean over validation problems and steps 1..horizon of the learned rule's loss."""
+                    keys: jax.Array, horizon: int, objective: str = "mean") -> float:
+  """The learned rule's validation score: mean loss over problems and steps 1..horizon.
+
+  ``objective="final"`` averages only the last ``min(10, horizon)`` steps instead
+  (see ``MetaTrainConfig.valid_objective``).
+  """
   curves = jitted_loss_curves(rule_factory(config), family,
                               tasks, keys, horizon, (phi,))[0]
-  return float(jnp.mean(curves[:, 1:]))
+  return float(VALID_OBJECTIVES[objective](curves[:, 1:]))
 
 
 class MetaTrainingStopped(RuntimeError):
@@ -477,7 +494,7 @@ def _meta_train(family, valid_family, config, cfg, progress, checkpoint_dir, res
 
   def validate(phi, step):
     loss = validation_loss(phi, config, valid_family, valid_tasks, valid_keys,
-                           horizons[loop["stage"]])
+                           horizons[loop["stage"]], cfg.valid_objective)
     history["valid_step"].append(step)
     history["valid_loss"].append(loss)
     history["valid_horizon"].append(horizons[loop["stage"]])

@@ -56,6 +56,7 @@ def test_non_finite_meta_loss_skips_the_update_and_keeps_phi_finite():
     (dict(meta_learning_rate=-1.0), "meta_learning_rate must be > 0"),
     (dict(phi_average=1.0), "phi_average must be in"),
     (dict(meta_lr_schedule="linear"), "meta_lr_schedule must be"),
+    (dict(valid_objective="last"), "valid_objective must be one of"),
 ])
 def test_bad_configuration_is_rejected_before_any_compute(kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -106,3 +107,24 @@ def test_cosine_meta_learning_rate_decays_to_zero_and_then_leaves_phi_unchanged(
   assert not np.allclose(jax.tree.leaves(moved.phi)[0], jax.tree.leaves(state.phi)[0])
   ended, _ = meta_step(fam, state._replace(step=jnp.asarray(10, jnp.int32)))
   jax.tree.map(np.testing.assert_array_equal, ended.phi, state.phi)
+
+
+def test_final_valid_objective_scores_the_last_ten_steps_and_drives_early_stopping():
+  from metaopt.rule import rule_factory
+  from metaopt.unroll import jitted_loss_curves
+  fam, config = QuadraticFamily(), LSTMConfig()
+  phi = init_train_state(fam, config, MetaTrainConfig()).phi
+  tasks, keys = sample_tasks(fam, jax.random.key(3), 4)
+  curves = np.asarray(jitted_loss_curves(rule_factory(config), fam, tasks, keys, 30, (phi,))[0])
+  final = validation_loss(phi, config, fam, tasks, keys, 30, "final")
+  np.testing.assert_allclose(final, curves[:, 21:].mean(), rtol=1e-5)
+  np.testing.assert_allclose(validation_loss(phi, config, fam, tasks, keys, 30),
+                             curves[:, 1:].mean(), rtol=1e-5)
+  cfg = MetaTrainConfig(horizon=10, unroll_length=5, batch_size=8, num_meta_steps=10,
+                        meta_learning_rate=1e-2, valid_every=5, num_valid_problems=4,
+                        valid_objective="final")
+  result = meta_train(fam, config, cfg, progress=False)
+  valid_tasks, valid_keys = sample_tasks(fam, jax.random.fold_in(jax.random.key(0), 1_000_003), 4)
+  np.testing.assert_allclose(validation_loss(result.phi, config, fam, valid_tasks, valid_keys, 10,
+                                             "final"), result.best_valid_loss, rtol=1e-5)
+  assert result.best_valid_loss == min(result.history["valid_loss"])
