@@ -63,6 +63,10 @@ class MetaTrainConfig:
       starts (from the stage's best phi, with a fresh meta-optimizer state).
     meta_objective: ``"loss"`` (paper: sum of losses over the unroll) or
       ``"log_loss"`` (sum of log losses, Wichrowska et al. 2017; losses must be > 0).
+    step_weighting: the weights w_t of the meta-objective's terms by run step t:
+      ``"uniform"`` (paper: w_t = 1) or ``"linear"`` (w_t = 2t / (horizon + 1), mean 1 over
+      the first stage's run): later steps count more, so the rule is pushed to keep
+      descending where the loss is already small instead of winning the run's early steps.
     phi_average: if set, the decay ``d`` of an exponential moving average of phi
       (Polyak averaging), ``phi_avg <- d phi_avg + (1 - d) phi`` after every meta-step;
       validation, early stopping and the returned phi then use the average, which
@@ -92,6 +96,7 @@ class MetaTrainConfig:
   curriculum: tuple[int, ...] = ()
   curriculum_patience: int = 1
   meta_objective: str = "loss"
+  step_weighting: str = "uniform"
   phi_average: float | None = None
   meta_lr_schedule: str = "constant"
   valid_objective: str = "mean"
@@ -120,6 +125,9 @@ class MetaTrainConfig:
     if self.meta_objective not in META_OBJECTIVES:
       raise ValueError(f"MetaTrainConfig.meta_objective must be one of {sorted(META_OBJECTIVES)}, "
                        f"got {self.meta_objective!r}")
+    if self.step_weighting not in STEP_WEIGHTINGS:
+      raise ValueError(f"MetaTrainConfig.step_weighting must be one of {sorted(STEP_WEIGHTINGS)}, "
+                       f"got {self.step_weighting!r}")
     if self.phi_average is not None and not 0 <= self.phi_average < 1:
       raise ValueError(f"MetaTrainConfig.phi_average must be in [0, 1) or None, got "
                        f"{self.phi_average!r}")
@@ -141,6 +149,11 @@ class MetaTrainConfig:
 # Per-step loss -> its term in the meta-objective.
 META_OBJECTIVES = {"loss": lambda f: f,
                    "log_loss": lambda f: jnp.log(jnp.maximum(f, jnp.finfo(jnp.float32).tiny))}
+
+
+# (run steps t of the unroll's losses, first-stage horizon) -> the weights w_t of their terms.
+STEP_WEIGHTINGS = {"uniform": lambda t, horizon: jnp.ones(t.shape, jnp.float32),
+                   "linear": lambda t, horizon: 2.0 * t.astype(jnp.float32) / (horizon + 1)}
 
 
 # Validation loss curves (runs x steps 1..T) -> the score early stopping minimizes.
@@ -219,13 +232,15 @@ def start_runs(family: ProblemFamily, config: RuleConfig, phi: Any, key: jax.Arr
 
 def truncated_meta_loss(phi: Any, config: RuleConfig, family: ProblemFamily, tasks: Task,
                         runs: UnrollState, num_steps: int, second_order: bool = False,
-                        remat: bool = False, objective: str = "loss"
+                        remat: bool = False, objective: str = "loss",
+                        step_weighting: str = "uniform", horizon: int = 100
                         ) -> tuple[jax.Array, tuple[UnrollState, jax.Array]]:
-  """Mean over problems of sum_t f(theta_t) over one unroll of the learned rule.
+  """Mean over problems of sum_t w_t f(theta_t) over one unroll of the learned rule.
 
   The sum runs over the ``num_steps`` losses after each update (theta_{t0+1} ..
   theta_{t0+T}): the loss at theta_{t0} does not depend on this unroll's phi.
-  ``objective="log_loss"`` sums log f(theta_t) instead. Problems are vmapped,
+  ``objective="log_loss"`` sums log f(theta_t) instead; ``step_weighting`` picks
+  w_t from the run step t (``"uniform"``: 1; ``"linear"``: 2t / (horizon + 1)). Problems are vmapped,
   or unrolled one after another for families with ``batch_runs = False``
   (:func:`metaopt.unroll.map_runs`).
 
@@ -236,7 +251,8 @@ def truncated_meta_loss(phi: Any, config: RuleConfig, family: ProblemFamily, tas
 
   def one(task, run):
     new_run, losses = unroll(rule, family, task, run, num_steps, second_order, remat)
-    return jnp.sum(META_OBJECTIVES[objective](losses[1:])), (new_run, losses)
+    weights = STEP_WEIGHTINGS[step_weighting](run.step + 1 + jnp.arange(num_steps), horizon)
+    return jnp.sum(weights * META_OBJECTIVES[objective](losses[1:])), (new_run, losses)
 
   totals, aux = map_runs(family, one, tasks, runs)
   return jnp.mean(totals), aux
@@ -258,7 +274,7 @@ def make_meta_step(config: RuleConfig, cfg: MetaTrainConfig):
   def meta_step(family: ProblemFamily, state: TrainState):
     (loss, (runs, _)), grads = grad_fn(state.phi, config, family, state.tasks, state.runs,
                                        cfg.unroll_length, cfg.second_order, cfg.remat,
-                                       cfg.meta_objective)
+                                       cfg.meta_objective, cfg.step_weighting, cfg.horizon)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = opt.update(grads, state.meta_opt_state, state.phi)

@@ -57,6 +57,7 @@ def test_non_finite_meta_loss_skips_the_update_and_keeps_phi_finite():
     (dict(phi_average=1.0), "phi_average must be in"),
     (dict(meta_lr_schedule="linear"), "meta_lr_schedule must be"),
     (dict(valid_objective="last"), "valid_objective must be one of"),
+    (dict(step_weighting="quadratic"), "step_weighting must be one of"),
 ])
 def test_bad_configuration_is_rejected_before_any_compute(kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -69,11 +70,10 @@ def test_phi_average_is_the_moving_average_of_an_unchanged_phi_trajectory():
   plain, averaged = base, MetaTrainConfig(**{**base.__dict__, "phi_average": 0.5})
   s_plain, s_avg = init_train_state(fam, config, plain), init_train_state(fam, config, averaged)
   step_plain, step_avg = make_meta_step(config, plain), make_meta_step(config, averaged)
-  phis, expected = [s_plain.phi], s_avg.phi_avg
+  expected = s_avg.phi_avg
   for _ in range(2):
     s_plain, _ = step_plain(fam, s_plain)
     s_avg, _ = step_avg(fam, s_avg)
-    phis.append(s_plain.phi)
     expected = jax.tree.map(lambda a, p: 0.5 * a + 0.5 * p, expected, s_plain.phi)
   assert s_plain.phi_avg is None
   jax.tree.map(np.testing.assert_array_equal, s_avg.phi, s_plain.phi)  # training is unchanged
@@ -128,3 +128,21 @@ def test_final_valid_objective_scores_the_last_ten_steps_and_drives_early_stoppi
   np.testing.assert_allclose(validation_loss(result.phi, config, fam, valid_tasks, valid_keys, 10,
                                              "final"), result.best_valid_loss, rtol=1e-5)
   assert result.best_valid_loss == min(result.history["valid_loss"])
+
+
+def test_linear_step_weighting_weights_each_loss_by_its_step_in_the_run():
+  from metaopt.meta_train import truncated_meta_loss
+  fam, config = QuadraticFamily(dim=3), LSTMConfig()
+  cfg = MetaTrainConfig(horizon=6, unroll_length=3, batch_size=4, num_valid_problems=2)
+  state = init_train_state(fam, config, cfg)
+  meta_loss = jax.jit(truncated_meta_loss, static_argnums=(1, 5, 6, 7, 8, 9, 10))
+  args = (state.phi, config, fam, state.tasks)
+  first, (runs, losses) = meta_loss(*args, state.runs, 3, False, False, "loss", "linear", 6)
+  # Second unroll of the run: steps 4..6, weights 2t / 7 (not restarted at 1).
+  second, (_, later) = meta_loss(*args, runs, 3, False, False, "loss", "linear", 6)
+  uniform, _ = meta_loss(*args, runs, 3, False, False, "loss", "uniform", 6)
+  for total, curve, steps in ((first, losses, [1, 2, 3]), (second, later, [4, 5, 6])):
+    weights = 2.0 * np.array(steps) / 7.0
+    np.testing.assert_allclose(total, np.mean(np.sum(weights * np.asarray(curve)[:, 1:], axis=1)),
+                               rtol=1e-5)
+  np.testing.assert_allclose(uniform, np.mean(np.sum(np.asarray(later)[:, 1:], axis=1)), rtol=1e-5)
