@@ -6,6 +6,7 @@ gradient descent" (NIPS 2016).
 
 from metaopt import checkpoint, data, problems
 from metaopt.checkpoint import list_pretrained, load_meta_params, load_pretrained, save_meta_params
+from metaopt.imitation import ImitationState, imitating
 from metaopt.baselines import BASELINES, tune_baselines, tune_learning_rate
 from metaopt.meta_train import MetaTrainConfig, MetaTrainResult, meta_train
 from metaopt.networks import (CoordinatewiseLSTM, GroupedLSTMConfig, LSTMConfig, config_from_dict,
@@ -18,10 +19,11 @@ from metaopt.unroll import (UnrollState, init_unroll, jitted_loss_curves, loss_c
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdamMoments", "BASELINES", "GroupedLSTMConfig", "adam_features", "checkpoint", "config_from_dict", "data", "list_pretrained", "load_meta_params", "load_pretrained",
-    "save_meta_params", "CoordinatewiseLSTM", "LSTMConfig", "LearnedRuleState", "MetaTrainConfig",
-    "MetaTrainResult", "UnrollState", "init_lstm_state", "init_meta_params", "init_unroll",
-    "jitted_loss_curves", "learned_rule", "learned_step", "log_sign", "loss_curves",
-    "meta_train", "preprocess", "problems", "sample_tasks", "tune_baselines",
-    "tune_learning_rate", "unroll",
+    "adam_features", "AdamMoments", "BASELINES", "checkpoint", "config_from_dict",
+    "CoordinatewiseLSTM", "data", "GroupedLSTMConfig", "imitating", "ImitationState",
+    "init_lstm_state", "init_meta_params", "init_unroll", "jitted_loss_curves", "learned_rule",
+    "learned_step", "LearnedRuleState", "list_pretrained", "load_meta_params", "load_pretrained",
+    "log_sign", "loss_curves", "LSTMConfig", "meta_train", "MetaTrainConfig", "MetaTrainResult",
+    "preprocess", "problems", "sample_tasks", "save_meta_params", "tune_baselines",
+    "tune_learning_rate", "unroll", "UnrollState",
 ]

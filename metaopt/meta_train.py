@@ -28,6 +28,7 @@ import optax
 import tqdm
 
 from metaopt.checkpoint import CorruptCheckpointError, load_tree_checkpoint, save_tree_checkpoint
+from metaopt.imitation import imitating
 from metaopt.networks import RuleConfig, config_from_dict, init_meta_params
 from metaopt.problems.base import ProblemFamily, Task
 from metaopt.rule import learned_rule, rule_factory
@@ -67,6 +68,13 @@ class MetaTrainConfig:
       ``"uniform"`` (paper: w_t = 1) or ``"linear"`` (w_t = 2t / (horizon + 1), mean 1 over
       the first stage's run): later steps count more, so the rule is pushed to keep
       descending where the loss is already small instead of winning the run's early steps.
+    imitation_prob: probability that a meta-training run imitates Adam (Chen et al. 2020):
+      the optimizee follows ``optax.adam(imitation_learning_rate)`` and that run's
+      meta-objective is ``imitation_weight`` x the sum over steps of the relative squared
+      distance between the rule's updates and Adam's (:mod:`metaopt.imitation`). 0 (paper):
+      never; validation always runs the learned rule itself.
+    imitation_learning_rate: the imitated Adam's learning rate (e.g. the tuned one).
+    imitation_weight: scale of the imitation term against the loss terms of other runs.
     phi_average: if set, the decay ``d`` of an exponential moving average of phi
       (Polyak averaging), ``phi_avg <- d phi_avg + (1 - d) phi`` after every meta-step;
       validation, early stopping and the returned phi then use the average, which
@@ -97,6 +105,9 @@ class MetaTrainConfig:
   curriculum_patience: int = 1
   meta_objective: str = "loss"
   step_weighting: str = "uniform"
+  imitation_prob: float = 0.0
+  imitation_learning_rate: float = 1e-2
+  imitation_weight: float = 1.0
   phi_average: float | None = None
   meta_lr_schedule: str = "constant"
   valid_objective: str = "mean"
@@ -128,6 +139,12 @@ class MetaTrainConfig:
     if self.step_weighting not in STEP_WEIGHTINGS:
       raise ValueError(f"MetaTrainConfig.step_weighting must be one of {sorted(STEP_WEIGHTINGS)}, "
                        f"got {self.step_weighting!r}")
+    if not 0 <= self.imitation_prob <= 1:
+      raise ValueError(f"MetaTrainConfig.imitation_prob must be in [0, 1], got "
+                       f"{self.imitation_prob!r}")
+    for name in ("imitation_learning_rate", "imitation_weight"):
+      if not float(getattr(self, name)) > 0:
+        raise ValueError(f"MetaTrainConfig.{name} must be > 0, got {getattr(self, name)!r}")
     if self.phi_average is not None and not 0 <= self.phi_average < 1:
       raise ValueError(f"MetaTrainConfig.phi_average must be in [0, 1) or None, got "
                        f"{self.phi_average!r}")
@@ -140,6 +157,13 @@ class MetaTrainConfig:
     if int(self.curriculum_patience) <= 0:
       raise ValueError(f"MetaTrainConfig.curriculum_patience must be a positive integer, got "
                        f"{self.curriculum_patience!r}")
+
+  def imitation(self) -> tuple[float, float, float] | None:
+    """``(prob, Adam's learning rate, weight)`` of imitation runs, or None without them."""
+    if self.imitation_prob == 0:
+      return None
+    return (float(self.imitation_prob), float(self.imitation_learning_rate),
+            float(self.imitation_weight))
 
   def horizons(self) -> tuple[int, ...]:
     """The meta-training horizon of each curriculum stage (``(horizon,)`` without one)."""
@@ -219,40 +243,61 @@ def evaluated_phi(state: "TrainState") -> Any:
   return state.phi if state.phi_avg is None else state.phi_avg
 
 
+def training_rule(phi: Any, config: RuleConfig, imitation: tuple | None = None
+                  ) -> optax.GradientTransformation:
+  """The rule meta-training unrolls: the learned rule, run beside Adam when runs may imitate it."""
+  rule = learned_rule(phi, config)
+  return rule if imitation is None else imitating(rule, optax.adam(imitation[1]))
+
+
 def start_runs(family: ProblemFamily, config: RuleConfig, phi: Any, key: jax.Array,
-               batch_size: int) -> tuple[Task, UnrollState]:
-  """Draw ``batch_size`` fresh problems and start a run of the learned rule on each."""
+               batch_size: int, imitation: tuple | None = None) -> tuple[Task, UnrollState]:
+  """Draw ``batch_size`` fresh problems and start a run of the learned rule on each.
+
+  With ``imitation = (prob, lr, weight)`` (:meth:`MetaTrainConfig.imitation`) each run
+  imitates Adam with probability ``prob``.
+  """
   k_tasks, k_runs = jax.random.split(key)
   tasks = jax.vmap(family.sample_task)(jax.random.split(k_tasks, batch_size))
-  rule = learned_rule(phi, config)
+  rule = training_rule(phi, config, imitation)
   runs = jax.vmap(lambda t, k: init_unroll(rule, family, t, k))(
       tasks, jax.random.split(k_runs, batch_size))
+  if imitation is not None:
+    imitate = jax.random.bernoulli(jax.random.fold_in(key, 1), imitation[0], (batch_size,))
+    runs = runs._replace(opt_state=runs.opt_state._replace(imitate=imitate))
   return tasks, runs
 
 
 def truncated_meta_loss(phi: Any, config: RuleConfig, family: ProblemFamily, tasks: Task,
                         runs: UnrollState, num_steps: int, second_order: bool = False,
                         remat: bool = False, objective: str = "loss",
-                        step_weighting: str = "uniform", horizon: int = 100
+                        step_weighting: str = "uniform", horizon: int = 100,
+                        imitation: tuple | None = None
                         ) -> tuple[jax.Array, tuple[UnrollState, jax.Array]]:
   """Mean over problems of sum_t w_t f(theta_t) over one unroll of the learned rule.
 
   The sum runs over the ``num_steps`` losses after each update (theta_{t0+1} ..
   theta_{t0+T}): the loss at theta_{t0} does not depend on this unroll's phi.
   ``objective="log_loss"`` sums log f(theta_t) instead; ``step_weighting`` picks
-  w_t from the run step t (``"uniform"``: 1; ``"linear"``: 2t / (horizon + 1)). Problems are vmapped,
-  or unrolled one after another for families with ``batch_runs = False``
+  w_t from the run step t (``"uniform"``: 1; ``"linear"``: 2t / (horizon + 1)). With
+  ``imitation = (prob, lr, weight)``, a run that imitates Adam contributes ``weight`` x
+  its unroll's imitation error instead (:func:`metaopt.imitation.imitating`). Problems
+  are vmapped, or unrolled one after another for families with ``batch_runs = False``
   (:func:`metaopt.unroll.map_runs`).
 
   Returns:
     ``(meta_loss, (new_runs, losses))``, losses of shape (batch, num_steps + 1).
   """
-  rule = learned_rule(phi, config)
+  rule = training_rule(phi, config, imitation)
 
   def one(task, run):
     new_run, losses = unroll(rule, family, task, run, num_steps, second_order, remat)
     weights = STEP_WEIGHTINGS[step_weighting](run.step + 1 + jnp.arange(num_steps), horizon)
-    return jnp.sum(weights * META_OBJECTIVES[objective](losses[1:])), (new_run, losses)
+    total = jnp.sum(weights * META_OBJECTIVES[objective](losses[1:]))
+    if imitation is not None:
+      error = new_run.opt_state.error - run.opt_state.error
+      total = jnp.where(run.opt_state.imitate, imitation[2] * error, total)
+    return total, (new_run, losses)
 
   totals, aux = map_runs(family, one, tasks, runs)
   return jnp.mean(totals), aux
@@ -274,7 +319,8 @@ def make_meta_step(config: RuleConfig, cfg: MetaTrainConfig):
   def meta_step(family: ProblemFamily, state: TrainState):
     (loss, (runs, _)), grads = grad_fn(state.phi, config, family, state.tasks, state.runs,
                                        cfg.unroll_length, cfg.second_order, cfg.remat,
-                                       cfg.meta_objective, cfg.step_weighting, cfg.horizon)
+                                       cfg.meta_objective, cfg.step_weighting, cfg.horizon,
+                                       cfg.imitation())
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = opt.update(grads, state.meta_opt_state, state.phi)
@@ -319,13 +365,13 @@ def init_train_state(family: ProblemFamily, config: RuleConfig, cfg: MetaTrainCo
   k_phi, k_data = jax.random.split(jax.random.key(cfg.seed))
   phi = init_meta_params(config, k_phi)
   k_runs, k_data = jax.random.split(k_data)
-  tasks, runs = _jitted_start_runs(family, config, phi, k_runs, cfg.batch_size)
+  tasks, runs = _jitted_start_runs(family, config, phi, k_runs, cfg.batch_size, cfg.imitation())
   return shard_over_devices(TrainState(phi, meta_optimizer(cfg).init(phi), tasks, runs, k_data,
                                        jnp.zeros((), jnp.int32),
                                        None if cfg.phi_average is None else phi))
 
 
-_jitted_start_runs = jax.jit(start_runs, static_argnums=(1, 4))
+_jitted_start_runs = jax.jit(start_runs, static_argnums=(1, 4, 5))
 
 
 def validation_loss(phi: Any, config: RuleConfig, family: ProblemFamily, tasks: Task,
@@ -537,7 +583,8 @@ def _meta_train(family, valid_family, config, cfg, progress, checkpoint_dir, res
   for i in bar:
     if loop["unrolls_done"] >= unrolls_per_run():  # the runs have ended: fresh problems
       k_runs, k_next = jax.random.split(state.key)
-      tasks, runs = _jitted_start_runs(family, config, state.phi, k_runs, cfg.batch_size)
+      tasks, runs = _jitted_start_runs(family, config, state.phi, k_runs, cfg.batch_size,
+                                       cfg.imitation())
       state = shard_over_devices(state._replace(tasks=tasks, runs=runs, key=k_next))
       loop["unrolls_done"] = 0
     state, metrics = meta_step(family, state)

@@ -1,0 +1,88 @@
+"""Imitation of a hand-designed optimizer during meta-training (Chen et al. 2020).
+
+On an *imitation run* the optimizee follows a teacher (e.g. Adam) while the
+learned rule runs alongside it on the same gradients, and the meta-objective
+for that run is how far the rule's updates are from the teacher's; other runs
+follow the learned rule as usual. Which runs imitate is drawn per run
+(``MetaTrainConfig.imitation_prob``).
+
+Reference: Chen et al., "Training stronger baselines for learning to
+optimize", NeurIPS 2020. https://arxiv.org/abs/2010.09089
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class ImitationState(NamedTuple):
+  """The state of :func:`imitating`.
+
+  Attributes:
+    rule: the learned rule's state.
+    teacher: the teacher's state.
+    imitate: bool scalar; True: this run applies the teacher's updates.
+    error: running sum over steps of the relative squared distance between
+      the rule's and the teacher's updates (see :func:`imitating`).
+  """
+
+  rule: Any
+  teacher: Any
+  imitate: jax.Array
+  error: jax.Array
+
+
+def update_distance(updates: Any, target: Any, eps: float = 1e-12) -> jax.Array:
+  """Relative squared distance :math:`\\|u - t\\|^2 / (\\|t\\|^2 + \\epsilon)` over all leaves.
+
+  Scale-free, so the imitation term is comparable across problems and steps.
+
+  Example:
+    >>> update_distance({"w": jnp.array([1.0, 0.0])}, {"w": jnp.array([2.0, 0.0])})
+    Array(0.25, dtype=float32)
+  """
+  sq = lambda tree: sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree))
+  diff = jax.tree.map(lambda u, t: u - t, updates, target)
+  return sq(diff) / (sq(target) + eps)
+
+
+def imitating(rule: optax.GradientTransformation, teacher: optax.GradientTransformation
+              ) -> optax.GradientTransformationExtraArgs:
+  """Run ``rule`` beside ``teacher`` on the same gradients; imitation runs apply the teacher's.
+
+  Each step adds :func:`update_distance` (rule's updates vs the teacher's, the
+  teacher's under ``stop_gradient``) to ``state.error``, so a meta-loss can read
+  the imitation error of an unroll as the difference of ``error`` before and
+  after it. ``init`` sets ``imitate = False``; meta-training sets it per run.
+
+  Args:
+    rule: the learned rule (e.g. :func:`metaopt.learned_rule`).
+    teacher: the hand-designed optimizer to imitate (e.g. ``optax.adam(1e-2)``).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with :class:`ImitationState`.
+
+  Example:
+    >>> opt = imitating(metaopt.learned_rule(phi, config), optax.adam(1e-2))
+    >>> state = opt.init(params)._replace(imitate=jnp.asarray(True))
+    >>> updates, state = opt.update(grads, state)   # Adam's updates; state.error grows
+  """
+
+  def init_fn(params):
+    return ImitationState(rule.init(params), teacher.init(params), jnp.zeros((), bool),
+                          jnp.zeros((), jnp.float32))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    own, rule_state = rule.update(updates, state.rule, params)
+    target, teacher_state = teacher.update(updates, state.teacher, params)
+    target = jax.lax.stop_gradient(target)
+    applied = jax.tree.map(lambda t, u: jnp.where(state.imitate, t, u), target, own)
+    error = state.error + update_distance(own, target)
+    return applied, ImitationState(rule_state, teacher_state, state.imitate, error)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
