@@ -19,6 +19,20 @@ import jax.numpy as jnp
 import optax
 
 
+class Imitation(NamedTuple):
+  """Imitation settings (hashable, a static argument of the jitted meta-step).
+
+  Attributes:
+    prob: probability that a run imitates the teacher.
+    learning_rate: the teacher's (Adam's) learning rate.
+    weight: scale of the imitation term in the meta-objective.
+  """
+
+  prob: float
+  learning_rate: float
+  weight: float
+
+
 class ImitationState(NamedTuple):
   """The state of :func:`imitating`.
 
@@ -45,9 +59,8 @@ def update_distance(updates: Any, target: Any, eps: float = 1e-12) -> jax.Array:
     >>> update_distance({"w": jnp.array([1.0, 0.0])}, {"w": jnp.array([2.0, 0.0])})
     Array(0.25, dtype=float32)
   """
-  sq = lambda tree: sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree))
-  diff = jax.tree.map(lambda u, t: u - t, updates, target)
-  return sq(diff) / (sq(target) + eps)
+  sq = lambda tree: optax.tree.norm(optax.tree.cast(tree, jnp.float32), squared=True)
+  return sq(optax.tree.sub(updates, target)) / (sq(target) + eps)
 
 
 def imitating(rule: optax.GradientTransformation, teacher: optax.GradientTransformation

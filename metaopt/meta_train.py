@@ -28,7 +28,7 @@ import optax
 import tqdm
 
 from metaopt.checkpoint import CorruptCheckpointError, load_tree_checkpoint, save_tree_checkpoint
-from metaopt.imitation import imitating
+from metaopt.imitation import Imitation, imitating
 from metaopt.networks import RuleConfig, config_from_dict, init_meta_params
 from metaopt.problems.base import ProblemFamily, Task
 from metaopt.rule import learned_rule, rule_factory
@@ -158,12 +158,12 @@ class MetaTrainConfig:
       raise ValueError(f"MetaTrainConfig.curriculum_patience must be a positive integer, got "
                        f"{self.curriculum_patience!r}")
 
-  def imitation(self) -> tuple[float, float, float] | None:
-    """``(prob, Adam's learning rate, weight)`` of imitation runs, or None without them."""
+  def imitation(self) -> Imitation | None:
+    """The :class:`metaopt.imitation.Imitation` settings, or None without imitation runs."""
     if self.imitation_prob == 0:
       return None
-    return (float(self.imitation_prob), float(self.imitation_learning_rate),
-            float(self.imitation_weight))
+    return Imitation(float(self.imitation_prob), float(self.imitation_learning_rate),
+                     float(self.imitation_weight))
 
   def horizons(self) -> tuple[int, ...]:
     """The meta-training horizon of each curriculum stage (``(horizon,)`` without one)."""
@@ -243,19 +243,20 @@ def evaluated_phi(state: "TrainState") -> Any:
   return state.phi if state.phi_avg is None else state.phi_avg
 
 
-def training_rule(phi: Any, config: RuleConfig, imitation: tuple | None = None
+def training_rule(phi: Any, config: RuleConfig, imitation: Imitation | None = None
                   ) -> optax.GradientTransformation:
   """The rule meta-training unrolls: the learned rule, run beside Adam when runs may imitate it."""
   rule = learned_rule(phi, config)
-  return rule if imitation is None else imitating(rule, optax.adam(imitation[1]))
+  return rule if imitation is None else imitating(rule, optax.adam(imitation.learning_rate))
 
 
 def start_runs(family: ProblemFamily, config: RuleConfig, phi: Any, key: jax.Array,
-               batch_size: int, imitation: tuple | None = None) -> tuple[Task, UnrollState]:
+               batch_size: int, imitation: Imitation | None = None
+               ) -> tuple[Task, UnrollState]:
   """Draw ``batch_size`` fresh problems and start a run of the learned rule on each.
 
-  With ``imitation = (prob, lr, weight)`` (:meth:`MetaTrainConfig.imitation`) each run
-  imitates Adam with probability ``prob``.
+  With ``imitation`` (:meth:`MetaTrainConfig.imitation`) each run imitates Adam with
+  probability ``imitation.prob``.
   """
   k_tasks, k_runs = jax.random.split(key)
   tasks = jax.vmap(family.sample_task)(jax.random.split(k_tasks, batch_size))
@@ -263,7 +264,7 @@ def start_runs(family: ProblemFamily, config: RuleConfig, phi: Any, key: jax.Arr
   runs = jax.vmap(lambda t, k: init_unroll(rule, family, t, k))(
       tasks, jax.random.split(k_runs, batch_size))
   if imitation is not None:
-    imitate = jax.random.bernoulli(jax.random.fold_in(key, 1), imitation[0], (batch_size,))
+    imitate = jax.random.bernoulli(jax.random.fold_in(key, 1), imitation.prob, (batch_size,))
     runs = runs._replace(opt_state=runs.opt_state._replace(imitate=imitate))
   return tasks, runs
 
@@ -272,7 +273,7 @@ def truncated_meta_loss(phi: Any, config: RuleConfig, family: ProblemFamily, tas
                         runs: UnrollState, num_steps: int, second_order: bool = False,
                         remat: bool = False, objective: str = "loss",
                         step_weighting: str = "uniform", horizon: int = 100,
-                        imitation: tuple | None = None
+                        imitation: Imitation | None = None
                         ) -> tuple[jax.Array, tuple[UnrollState, jax.Array]]:
   """Mean over problems of sum_t w_t f(theta_t) over one unroll of the learned rule.
 
@@ -280,7 +281,7 @@ def truncated_meta_loss(phi: Any, config: RuleConfig, family: ProblemFamily, tas
   theta_{t0+T}): the loss at theta_{t0} does not depend on this unroll's phi.
   ``objective="log_loss"`` sums log f(theta_t) instead; ``step_weighting`` picks
   w_t from the run step t (``"uniform"``: 1; ``"linear"``: 2t / (horizon + 1)). With
-  ``imitation = (prob, lr, weight)``, a run that imitates Adam contributes ``weight`` x
+  ``imitation``, a run that imitates Adam contributes ``imitation.weight`` x
   its unroll's imitation error instead (:func:`metaopt.imitation.imitating`). Problems
   are vmapped, or unrolled one after another for families with ``batch_runs = False``
   (:func:`metaopt.unroll.map_runs`).
@@ -296,7 +297,7 @@ def truncated_meta_loss(phi: Any, config: RuleConfig, family: ProblemFamily, tas
     total = jnp.sum(weights * META_OBJECTIVES[objective](losses[1:]))
     if imitation is not None:
       error = new_run.opt_state.error - run.opt_state.error
-      total = jnp.where(run.opt_state.imitate, imitation[2] * error, total)
+      total = jnp.where(run.opt_state.imitate, imitation.weight * error, total)
     return total, (new_run, losses)
 
   totals, aux = map_runs(family, one, tasks, runs)

@@ -5,11 +5,12 @@ import optax
 import pytest
 
 import metaopt
-from metaopt.imitation import ImitationState, imitating, update_distance
+from metaopt.imitation import Imitation, ImitationState, imitating, update_distance
 from metaopt.meta_train import (MetaTrainConfig, init_train_state, make_meta_step, start_runs,
                                 truncated_meta_loss)
 from metaopt.networks import LSTMConfig, init_meta_params
 from metaopt.problems import QuadraticFamily
+from metaopt.unroll import unroll
 
 
 def _grads(i):
@@ -42,7 +43,7 @@ def test_imitating_applies_the_rule_or_the_teacher_and_sums_the_relative_distanc
 def test_imitation_runs_contribute_their_weighted_imitation_error_to_the_meta_loss():
   fam, config = QuadraticFamily(dim=3), LSTMConfig()
   phi = init_meta_params(config, jax.random.key(0))
-  imitation = (0.5, 0.1, 3.0)
+  imitation = Imitation(prob=0.5, learning_rate=0.1, weight=3.0)
   tasks, runs = start_runs(fam, config, phi, jax.random.key(1), 8, imitation)
   assert isinstance(runs.opt_state, ImitationState)
   flags = np.asarray(runs.opt_state.imitate)
@@ -57,7 +58,6 @@ def test_imitation_runs_contribute_their_weighted_imitation_error_to_the_meta_lo
   _, adam_runs = start_runs(fam, config, phi, jax.random.key(1), 8)
   adam = optax.adam(0.1)
   adam_runs = adam_runs._replace(opt_state=jax.vmap(adam.init)(adam_runs.params))
-  from metaopt.unroll import unroll
   _, adam_losses = jax.vmap(lambda t, r: unroll(adam, fam, t, r, 4))(tasks, adam_runs)
   np.testing.assert_allclose(np.asarray(losses)[flags], np.asarray(adam_losses)[flags], rtol=1e-5)
   assert not np.allclose(np.asarray(losses)[~flags], np.asarray(adam_losses)[~flags])
