@@ -1,10 +1,12 @@
 """The learned optimizer m_phi: a small LSTM applied to every coordinate independently.
 
 One set of weights is shared by all coordinates; each coordinate has its own
-(h, c) state per layer. The module acts on the trailing feature axis only, so
-any leading shape is a batch of independent coordinates: a parameter leaf of
-shape ``s`` gets a state of shape ``s + (hidden,)`` per layer, which keeps the
-state aligned with (and sharded like) the parameters.
+(h, c) state per layer. The feature axis leads: a parameter leaf of shape ``s``
+gets a state of shape ``(hidden,) + s`` per layer, and the inputs are
+``(features,) + s``. Every gate and unit is then a contiguous array shaped like
+the parameter, so the gate nonlinearities vectorize over coordinates and the
+gate products are ``[4H, K] @ [K, coordinates]`` (about 1.5-2x faster forward
+and backward on CPU than the coordinate-leading layout; README, "Speed").
 """
 
 from __future__ import annotations
@@ -82,18 +84,36 @@ OUTPUT_ACTIVATIONS = {"linear": lambda x: x, "tanh": jnp.tanh}
 
 @jax.checkpoint
 def lstm_gates(gates: jnp.ndarray, c: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """LSTM cell nonlinearity: gates (..., 4H) = (i, f, g, o) pre-activations, c (..., H).
+  """LSTM cell nonlinearity: gates (4H, ...) = (i, f, g, o) pre-activations, c (H, ...).
 
   ``c' = sigmoid(f + 1) c + sigmoid(i) tanh(g)``, ``h' = sigmoid(o) tanh(c')`` (forget
   bias 1). Rematerialized: the backward pass keeps only ``gates`` and ``c`` and
   recomputes the rest, which cuts the residuals an unroll stores from ~11 to 2
   arrays per layer and step (about 1.5x faster meta-gradients on CPU).
   """
-  i, f, g, o = jnp.split(gates, 4, axis=-1)
+  i, f, g, o = jnp.split(gates, 4, axis=0)
   # sigmoid(x) = (1 + tanh(x / 2)) / 2: one tanh instead of exp + divide (faster on CPU).
   sigmoid = lambda x: 0.5 + 0.5 * jnp.tanh(0.5 * x)
   c = sigmoid(f + 1.0) * c + sigmoid(i) * jnp.tanh(g)
   return sigmoid(o) * jnp.tanh(c), c
+
+
+class FeatureDense(nn.Module):
+  """``nn.Dense`` on the leading axis: ``(K,) + s -> (features,) + s`` (same parameters).
+
+  The kernel is ``[K, features]`` and the bias ``[features]``, named and
+  initialized as ``nn.Dense``'s, so phi has the same tree and values.
+  """
+
+  features: int
+  kernel_init: Any = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", self.kernel_init, (x.shape[0], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    y = jnp.tensordot(kernel, x, axes=(0, 0))
+    return y + bias.reshape((self.features,) + (1,) * (x.ndim - 1))
 
 
 class CoordinatewiseLSTM(nn.Module):
@@ -101,15 +121,15 @@ class CoordinatewiseLSTM(nn.Module):
 
   ``__call__(grads, hidden, cell, features=None)`` takes a gradient array of any
   shape ``s`` and per-layer states ``hidden[l], cell[l]`` of shape
-  ``s + (hidden_sizes[l],)``, and returns the update (shape ``s``, float32) and
+  ``(hidden_sizes[l],) + s``, and returns the update (shape ``s``, float32) and
   the new states. Stateful preprocessings (``"rnnprop"``) pass their input
-  ``features`` (shape ``s + (F,)``, from the rule's state) instead of having
+  ``features`` (shape ``(F,) + s``, from the rule's state) instead of having
   them computed from ``grads``.
 
   Example:
     >>> net = CoordinatewiseLSTM(LSTMConfig())
     >>> g = jnp.ones((3,))
-    >>> h = c = tuple(jnp.zeros((3, 20)) for _ in range(2))
+    >>> h = c = tuple(jnp.zeros((20, 3)) for _ in range(2))
     >>> phi = net.init(jax.random.key(0), g, h, c)
     >>> update, h, c = net.apply(phi, g, h, c)
   """
@@ -125,16 +145,16 @@ class CoordinatewiseLSTM(nn.Module):
     new_hidden, new_cell = [], []
     for layer, size in enumerate(cfg.hidden_sizes):
       h, c = hidden[layer], cell[layer]
-      # One fused matmul for the four gates: [x, h] @ W + b -> (i, f, g, o).
-      gates = nn.Dense(4 * size, name=f"lstm_{layer}")(jnp.concatenate([x, h], axis=-1))
+      # One fused matmul for the four gates: W^T [x; h] + b -> (i, f, g, o).
+      gates = FeatureDense(4 * size, name=f"lstm_{layer}")(jnp.concatenate([x, h], axis=0))
       h, c = lstm_gates(gates, c)
       new_hidden.append(h)
       new_cell.append(c)
       x = h
-    out = nn.Dense(
+    out = FeatureDense(
         1, name="output",
         kernel_init=nn.initializers.normal(cfg.output_init_scale),
-    )(x)[..., 0]
+    )(x)[0]
     out = OUTPUT_ACTIVATIONS[cfg.output_activation](out)
     return out * cfg.output_scale, tuple(new_hidden), tuple(new_cell)
 
@@ -233,7 +253,7 @@ def init_meta_params(config: RuleConfig, key: jax.Array) -> dict:
     return {name: init_meta_params(c, jax.random.fold_in(key, i))
             for i, (name, c) in enumerate(config.groups)}
   g = jnp.zeros((1,), jnp.float32)
-  states = tuple(jnp.zeros((1, h), jnp.float32) for h in config.hidden_sizes)
-  features = (jnp.zeros((1, preprocess_lib.num_features(config.preprocessing)), jnp.float32)
+  states = tuple(jnp.zeros((h, 1), jnp.float32) for h in config.hidden_sizes)
+  features = (jnp.zeros((preprocess_lib.num_features(config.preprocessing), 1), jnp.float32)
               if config.stateful_inputs else None)
   return CoordinatewiseLSTM(config).init(key, g, states, states, features)

@@ -44,11 +44,11 @@ def log_sign(g: jnp.ndarray, p: float = 10.0) -> jnp.ndarray:
     p: the cut-off exponent, ``p > 0`` (the paper uses 10).
 
   Returns:
-    An array of shape ``g.shape + (2,)``.
+    An array of shape ``(2,) + g.shape`` (features first, like the LSTM state).
 
   Example:
     >>> log_sign(jnp.array([0.0, 1.0, -1e-20]), p=10.0).shape
-    (3, 2)
+    (2, 3)
   """
   g = jnp.asarray(g, jnp.float32)
   threshold = jnp.exp(jnp.float32(-p))
@@ -56,7 +56,7 @@ def log_sign(g: jnp.ndarray, p: float = 10.0) -> jnp.ndarray:
   large = abs_g >= threshold
   log_part = jnp.where(large, jnp.log(jnp.maximum(abs_g, threshold)) / p, -1.0)
   sign_part = jnp.where(large, jnp.sign(g), jnp.exp(jnp.float32(p)) * g)
-  return jnp.stack([log_part, sign_part], axis=-1)
+  return jnp.stack([log_part, sign_part])
 
 
 def preprocess(g: jnp.ndarray, method: Preprocessing = "none", p: float = 10.0) -> jnp.ndarray:
@@ -68,14 +68,15 @@ def preprocess(g: jnp.ndarray, method: Preprocessing = "none", p: float = 10.0) 
     p: the exponent of ``"log_sign"``; ignored otherwise.
 
   Returns:
-    float32 array of shape ``g.shape + (num_features(method),)``.
+    float32 array of shape ``(num_features(method),) + g.shape``: the feature axis
+    leads, so each feature is a contiguous array shaped like ``g``.
 
   Example:
     >>> preprocess(jnp.ones((4, 3)), "none").shape
-    (4, 3, 1)
+    (1, 4, 3)
   """
   if method == "none":
-    return jnp.asarray(g, jnp.float32)[..., None]
+    return jnp.asarray(g, jnp.float32)[None]
   if method == "log_sign":
     return log_sign(g, p)
   if method in STATEFUL_PREPROCESSINGS:
@@ -107,13 +108,13 @@ def adam_features(g: jnp.ndarray, m: jnp.ndarray, v: jnp.ndarray, count: jnp.nda
     eps: added to sqrt(v_hat).
 
   Returns:
-    ``(features, m', v')``: features of shape ``g.shape + (2,)`` =
+    ``(features, m', v')``: features of shape ``(2,) + g.shape`` =
     ``(m_hat / (sqrt(v_hat) + eps), g / (sqrt(v_hat) + eps))``.
 
   Example:
     >>> z = jnp.zeros(3)
     >>> x, m, v = adam_features(jnp.ones(3), z, z, jnp.int32(1), 0.95, 0.95)
-    >>> x[0]   # first step: both features are sign(g)
+    >>> x[:, 0]   # first step: both features are sign(g)
     Array([1., 1.], dtype=float32)
   """
   g = jnp.asarray(g, jnp.float32)
@@ -121,4 +122,4 @@ def adam_features(g: jnp.ndarray, m: jnp.ndarray, v: jnp.ndarray, count: jnp.nda
   v = beta2 * v + (1.0 - beta2) * g * g
   t = jnp.asarray(count, jnp.float32)
   denom = jnp.sqrt(v / (1.0 - beta2 ** t)) + eps
-  return jnp.stack([m / (1.0 - beta1 ** t) / denom, g / denom], axis=-1), m, v
+  return jnp.stack([m / (1.0 - beta1 ** t) / denom, g / denom]), m, v

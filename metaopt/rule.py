@@ -29,7 +29,7 @@ class LearnedRuleState(NamedTuple):
   """Per-coordinate LSTM state.
 
   ``hidden[l]`` and ``cell[l]`` are trees with the structure of the params;
-  each leaf has shape ``param.shape + (hidden_sizes[l],)`` and dtype float32.
+  each leaf has shape ``(hidden_sizes[l],) + param.shape`` and dtype float32.
   With the default configuration this is 2 layers x (h, c) x 20 units x 4
   bytes = 320 bytes of state per parameter coordinate. ``moments`` is an
   :class:`AdamMoments` for ``"rnnprop"`` inputs (8 more bytes per coordinate), else ``()``.
@@ -64,10 +64,10 @@ def init_lstm_state(params: Any, config: LSTMConfig) -> LearnedRuleState:
   Example:
     >>> s = init_lstm_state({"w": jnp.zeros((2, 3))}, LSTMConfig())
     >>> s.hidden[0]["w"].shape
-    (2, 3, 20)
+    (20, 2, 3)
   """
   def zeros(size):
-    return jax.tree.map(lambda p: jnp.zeros(tuple(p.shape) + (size,), jnp.float32), params)
+    return jax.tree.map(lambda p: jnp.zeros((size,) + tuple(p.shape), jnp.float32), params)
   moments = ()
   if config.stateful_inputs:
     like = lambda: jax.tree.map(lambda p: jnp.zeros(tuple(p.shape), jnp.float32), params)
@@ -103,10 +103,10 @@ def learned_step(
         "learned_rule.update: the gradients' pytree structure differs from the state's "
         f"(made by init).\n  gradients: {treedef}\n  state:     {state_treedef}")
   for leaf, h in zip(leaves, jax.tree.leaves(state.hidden[0])):
-    if tuple(leaf.shape) != tuple(h.shape[:-1]):
+    if tuple(leaf.shape) != tuple(h.shape[1:]):
       raise ValueError(
           f"learned_rule.update: a gradient leaf has shape {tuple(leaf.shape)} but the state "
-          f"was made for shape {tuple(h.shape[:-1])}")
+          f"was made for shape {tuple(h.shape[1:])}")
   hidden = [treedef.flatten_up_to(h) for h in state.hidden]
   cell = [treedef.flatten_up_to(c) for c in state.cell]
   features, moments = [None] * len(leaves), ()
@@ -158,8 +158,9 @@ def learned_rule(meta_params: Any, config: RuleConfig = LSTMConfig(),
   updates, so use ``optax.apply_updates`` and do not negate it.
 
   **State.** An ``(h, c)`` pair per LSTM layer for every parameter coordinate,
-  float32, shaped ``param.shape + (hidden,)`` and built with tree maps over the
-  params (so ``optax.tree.map_params``, masking and sharding follow the params):
+  float32, shaped ``(hidden,) + param.shape`` (feature axis first, which is what
+  makes the step fast) and built with tree maps over the params (so masking and
+  ``optax.tree.map_params`` follow the params):
   ``2 * 4 * sum(hidden_sizes)`` bytes per coordinate, i.e. 320 bytes per
   parameter for the default 2 x 20 network.
 

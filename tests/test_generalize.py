@@ -29,9 +29,9 @@ def test_adam_features_are_adams_normalized_direction():
   for t in range(5):
     direction, state = adam.update(g[t, 0], state)
     features, m, v = jax.jit(adam_features, static_argnums=(4, 5))(g[t, 0], m, v, t + 1, 0.9, 0.99)
-    np.testing.assert_allclose(features[..., 0], direction, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(features[..., 1] * (features[..., 0] / features[..., 1]),
-                             features[..., 0], rtol=1e-5)
+    np.testing.assert_allclose(features[0], direction, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(features[1] * (features[0] / features[1]),
+                             features[0], rtol=1e-5)
 
 
 def test_rnnprop_rule_is_invariant_to_gradient_scale_and_bounded():

@@ -106,13 +106,13 @@ def test_multi_steps_accumulates(rule):
     assert nonzero == (i == k - 1)
   # The k-th update is the rule applied to the mean gradient (all micro-batches equal here).
   expected, _ = rule.update(_grads(params), rule.init(params))
-  chex.assert_trees_all_close(updates, expected, rtol=1e-6)
+  chex.assert_trees_all_close(updates, expected, rtol=1e-5)   # jit vs eager rounding
 
 
 def test_init_accepts_shape_dtype_structs(rule):
   abstract = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), _params())
   state = jax.eval_shape(rule.init, abstract)
-  assert state.hidden[0]["w"].shape == (3, 4, 20) and state.cell[1]["b"].dtype == jnp.float32
+  assert state.hidden[0]["w"].shape == (20, 3, 4) and state.cell[1]["b"].dtype == jnp.float32
 
 
 def test_state_memory_per_parameter_is_320_bytes_for_the_default_config(rule):
@@ -180,7 +180,7 @@ SHARDING_SCRIPT = textwrap.dedent("""
     for name, spec in specs.items():
       for tree in state.hidden + state.cell:
         got = tree[name].sharding
-        want = NamedSharding(mesh, P(*spec, None))
+        want = NamedSharding(mesh, P(None, *spec))
         assert got.is_equivalent_to(want, tree[name].ndim), (name, got, want)
       assert updates[name].sharding.is_equivalent_to(NamedSharding(mesh, spec), updates[name].ndim)
     print("SHARDING-OK")

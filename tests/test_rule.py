@@ -56,7 +56,7 @@ def test_state_shapes_and_dtype_of_updates(phi):
   params = {"w": jnp.ones((2, 3), jnp.bfloat16), "b": jnp.ones((4,), jnp.float32)}
   rule = learned_rule(phi)
   state = rule.init(params)
-  assert state.hidden[0]["w"].shape == (2, 3, 20) and state.cell[1]["b"].shape == (4, 20)
+  assert state.hidden[0]["w"].shape == (20, 2, 3) and state.cell[1]["b"].shape == (20, 4)
   updates, new_state = rule.update(params, state)
   assert updates["w"].dtype == jnp.bfloat16 and updates["b"].dtype == jnp.float32
   assert jax.tree.map(lambda x: (x.shape, x.dtype), new_state) == jax.tree.map(
