@@ -7,8 +7,9 @@ STAMP := $(VENV)/.installed
 METAOPT_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 export METAOPT_DATA_DIR
 # QUICK=1 runs reduced experiments that write to results/quick/ (git-ignored);
-# RESUME=1 continues an interrupted meta-training from its newest checkpoint (.cache/checkpoints/).
-export QUICK RESUME
+# RESUME=1 continues an interrupted meta-training from its newest checkpoint (.cache/checkpoints/);
+# RULES=a,b runs only those extra rules of an experiment (with its main rule).
+export QUICK RESUME RULES
 # XLA:CPU allocates fresh buffers on every call; with the C library's malloc each call re-faults
 # their pages (README "Speed and memory"). Experiments and the bench preload tcmalloc when it is
 # installed (Debian/Ubuntu: apt-get install libtcmalloc-minimal4); MALLOC_LIB= turns that off.

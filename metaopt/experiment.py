@@ -316,13 +316,26 @@ def _training_record(rule: ExtraRule, result) -> dict:
           | {"num_skipped": result.num_skipped}}
 
 
+def only_extra_rules(cfg: ExperimentConfig, names: Sequence[str]) -> ExperimentConfig:
+  """``cfg`` with only the named extra rules (e.g. to run one row of an ablation).
+
+  Example:
+    >>> cfg = only_extra_rules(cfg, ["lstm_imitation"])
+  """
+  known = [r.name for r in cfg.extra_rules]
+  unknown = sorted(set(names) - set(known))
+  if unknown:
+    raise ValueError(f"--rules: unknown rules {unknown}; experiment {cfg.name!r} has {known}")
+  return dataclasses.replace(cfg, extra_rules=tuple(r for r in cfg.extra_rules if r.name in names))
+
+
 def main(name: str, make_config: Callable[..., ExperimentConfig], argv=None,
          doc: str | None = None, data: bool = False,
          after: Callable[[ExperimentConfig, dict, pathlib.Path], None] | None = None) -> dict:
-  """Command line shared by ``experiments/*.py``: --quick, --out, --resume, --data-dir.
+  """Command line shared by ``experiments/*.py``: --quick, --out, --resume, --data-dir, --rules.
 
-  ``QUICK=1`` and ``RESUME=1`` in the environment act like the flags (the
-  Makefile passes them through). Checkpoints go to ``.cache/checkpoints/<out>``.
+  ``QUICK=1``, ``RESUME=1`` and ``RULES=a,b`` in the environment act like the flags
+  (the Makefile passes them through). Checkpoints go to ``.cache/checkpoints/<out>``.
   ``after(cfg, summary, out_dir)`` runs once the results are written (e.g. extra plots).
   """
   flag = lambda var: os.environ.get(var, "") not in ("", "0")
@@ -333,6 +346,9 @@ def main(name: str, make_config: Callable[..., ExperimentConfig], argv=None,
                       help="continue meta-training from the newest good checkpoint (also RESUME=1)")
   parser.add_argument("--out", default=None, help=f"output folder (default results/[quick/]{name})")
   parser.add_argument("--no-progress", action="store_true")
+  parser.add_argument("--rules", default=os.environ.get("RULES") or None,
+                      help="comma-separated extra rules to run (also RULES=...); the main rule "
+                           "always runs, the other extra rules are skipped")
   if data:
     parser.add_argument("--data-dir", default=None,
                         help="folder of the original data files (default $METAOPT_DATA_DIR)")
@@ -344,6 +360,8 @@ def main(name: str, make_config: Callable[..., ExperimentConfig], argv=None,
                                + " --xla_backend_optimization_level=0").strip()
   out = pathlib.Path(args.out or os.path.join("results", "quick" if args.quick else "", name))
   cfg = make_config(args.quick, args.data_dir) if data else make_config(args.quick)
+  if args.rules:
+    cfg = only_extra_rules(cfg, [r.strip() for r in args.rules.split(",") if r.strip()])
   checkpoints = pathlib.Path(".cache", "checkpoints", *out.resolve().parts[-2:])
   summary = run_experiment(cfg, out, progress=not args.no_progress, checkpoint_dir=checkpoints,
                            resume=args.resume)

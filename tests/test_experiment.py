@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import metaopt
-from metaopt.experiment import ExperimentConfig, ExtraRule, Variant, run_experiment
+from metaopt.experiment import (ExperimentConfig, ExtraRule, Variant, only_extra_rules,
+                                 run_experiment)
 from metaopt.meta_train import MetaTrainConfig
 from metaopt.networks import LSTMConfig
 from metaopt.problems import QuadraticFamily
@@ -75,6 +76,19 @@ def test_extra_rules_are_trained_saved_and_evaluated_on_their_variants(tmp_path)
   with pytest.raises(ValueError, match="distinct"):
     ExperimentConfig(name="q", family=small, lstm=LSTMConfig(), train=train,
                      extra_rules=(ExtraRule("lstm", small, LSTMConfig(), train),))
+
+
+def test_only_extra_rules_keeps_the_named_rules_and_rejects_unknown_ones():
+  train = MetaTrainConfig(horizon=4, unroll_length=2, num_meta_steps=1)
+  fam = QuadraticFamily(dim=3)
+  rules = tuple(ExtraRule(n, fam, LSTMConfig((4,)), train) for n in ("lstm_a", "lstm_b", "lstm_c"))
+  cfg = ExperimentConfig(name="q", family=fam, lstm=LSTMConfig((4,)), train=train, extra_rules=rules)
+  picked = only_extra_rules(cfg, ["lstm_c", "lstm_a"])
+  assert [r.name for r in picked.extra_rules] == ["lstm_a", "lstm_c"]
+  assert picked.lstm == cfg.lstm and picked.variants == cfg.variants
+  assert only_extra_rules(cfg, []).extra_rules == ()
+  with pytest.raises(ValueError, match=r"unknown rules \['lstm_x'\]"):
+    only_extra_rules(cfg, ["lstm_a", "lstm_x"])
 
 
 def test_variants_done_survive_a_failure_in_a_later_one(tmp_path, monkeypatch):
