@@ -158,8 +158,8 @@ def learned_rule(meta_params: Any, config: RuleConfig = LSTMConfig(),
   updates, so use ``optax.apply_updates`` and do not negate it.
 
   **State.** An ``(h, c)`` pair per LSTM layer for every parameter coordinate,
-  float32, shaped ``(hidden,) + param.shape`` (feature axis first, which is what
-  makes the step fast) and built with tree maps over the params (so masking and
+  float32, shaped ``(hidden,) + param.shape`` (feature axis first, which makes
+  the step faster) and built with tree maps over the params (so masking and
   ``optax.tree.map_params`` follow the params):
   ``2 * 4 * sum(hidden_sizes)`` bytes per coordinate, i.e. 320 bytes per
   parameter for the default 2 x 20 network.
