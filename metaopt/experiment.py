@@ -325,7 +325,8 @@ def only_extra_rules(cfg: ExperimentConfig, names: Sequence[str]) -> ExperimentC
   known = [r.name for r in cfg.extra_rules]
   unknown = sorted(set(names) - set(known))
   if unknown:
-    raise ValueError(f"--rules: unknown rules {unknown}; experiment {cfg.name!r} has {known}")
+    raise ValueError(f"only_extra_rules: unknown rules {unknown}; experiment {cfg.name!r} "
+                     f"has {known}")
   return dataclasses.replace(cfg, extra_rules=tuple(r for r in cfg.extra_rules if r.name in names))
 
 
