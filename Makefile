@@ -16,7 +16,7 @@ export QUICK RESUME RULES
 MALLOC_LIB ?= $(firstword $(wildcard /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4))
 RUN := $(if $(MALLOC_LIB),LD_PRELOAD=$(MALLOC_LIB) TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD=1099511627776 )$(PY)
 
-.PHONY: install test quadratic mnist cifar art generalize generalize-ablation bench clean
+.PHONY: install test quadratic mnist mnist-long cifar art generalize generalize-ablation bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ quadratic: $(STAMP)
 
 mnist: $(STAMP)
 	$(RUN) -m experiments.mnist
+
+mnist-long: $(STAMP)
+	$(RUN) -m experiments.mnist_long
 
 cifar: $(STAMP)
 	$(RUN) -m experiments.cifar

@@ -85,6 +85,10 @@ class MetaTrainConfig:
     valid_objective: what early stopping minimizes on the validation runs: ``"mean"``
       (the meta-objective, mean loss over steps 1..T) or ``"final"`` (mean loss over the
       last ``min(10, T)`` steps: the criterion the baselines' learning rates are tuned on).
+    valid_horizon_multiple: validation runs last ``m`` x the (stage's) horizon ``T``; with
+      ``"final"`` the score is the mean over the last ``min(10, T)`` steps before each of
+      steps ``T, 2T, ..., mT``, so early stopping keeps a phi that holds up past its
+      training horizon. 1 (default): validation runs ``T`` steps.
   """
 
   horizon: int = 100
@@ -111,10 +115,12 @@ class MetaTrainConfig:
   phi_average: float | None = None
   meta_lr_schedule: str = "constant"
   valid_objective: str = "mean"
+  valid_horizon_multiple: int = 1
 
   def __post_init__(self):
     for name in ("horizon", "unroll_length", "batch_size", "num_meta_steps", "valid_every",
-                 "num_valid_problems", "checkpoint_every", "max_consecutive_nonfinite"):
+                 "num_valid_problems", "checkpoint_every", "max_consecutive_nonfinite",
+                 "valid_horizon_multiple"):
       if int(getattr(self, name)) <= 0:
         raise ValueError(f"MetaTrainConfig.{name} must be a positive integer, got "
                          f"{getattr(self, name)!r}")
@@ -180,9 +186,12 @@ STEP_WEIGHTINGS = {"uniform": lambda t, horizon: jnp.ones(t.shape, jnp.float32),
                    "linear": lambda t, horizon: 2.0 * t.astype(jnp.float32) / (horizon + 1)}
 
 
-# Validation loss curves (runs x steps 1..T) -> the score early stopping minimizes.
-VALID_OBJECTIVES = {"mean": lambda curves: jnp.mean(curves),
-                    "final": lambda curves: jnp.mean(curves[:, -min(10, curves.shape[1]):])}
+# (validation loss curves, runs x steps 1..mT; horizon T) -> the score early stopping minimizes.
+VALID_OBJECTIVES = {
+    "mean": lambda curves, horizon: jnp.mean(curves),
+    "final": lambda curves, horizon: jnp.mean(
+        curves.reshape(curves.shape[0], -1, horizon)[:, :, -min(10, horizon):]),
+}
 
 
 class TrainState(NamedTuple):
@@ -210,7 +219,8 @@ class MetaTrainResult(NamedTuple):
       (restored_at: meta-steps where the collapse guard restored the best phi;
       stage_start: meta-steps where a curriculum stage began).
     num_skipped: meta-steps skipped for a non-finite meta-loss or gradient.
-    seconds: wall time, compilation included.
+    seconds: wall time, compilation included (with ``resume``: the interrupted runs' too,
+      up to their last checkpoint).
   """
 
   phi: Any
@@ -376,15 +386,18 @@ _jitted_start_runs = jax.jit(start_runs, static_argnums=(1, 4, 5))
 
 
 def validation_loss(phi: Any, config: RuleConfig, family: ProblemFamily, tasks: Task,
-                    keys: jax.Array, horizon: int, objective: str = "mean") -> float:
+                    keys: jax.Array, horizon: int, objective: str = "mean",
+                    horizon_multiple: int = 1) -> float:
   """The learned rule's validation score: mean loss over problems and steps 1..horizon.
 
-  ``objective="final"`` averages only the last ``min(10, horizon)`` steps instead
-  (see ``MetaTrainConfig.valid_objective``).
+  ``objective="final"`` averages only the last ``min(10, horizon)`` steps instead;
+  with ``horizon_multiple`` m the runs last m x ``horizon`` steps and ``"final"``
+  averages the last steps before each multiple of ``horizon`` (see
+  ``MetaTrainConfig.valid_objective`` and ``valid_horizon_multiple``).
   """
   curves = jitted_loss_curves(rule_factory(config), family,
-                              tasks, keys, horizon, (phi,))[0]
-  return float(VALID_OBJECTIVES[objective](curves[:, 1:]))
+                              tasks, keys, horizon * horizon_multiple, (phi,))[0]
+  return float(VALID_OBJECTIVES[objective](curves[:, 1:], horizon))
 
 
 class MetaTrainingStopped(RuntimeError):
@@ -550,6 +563,9 @@ def _meta_train(family, valid_family, config, cfg, progress, checkpoint_dir, res
       print(f"resumed from meta-step {loop['step']} ({checkpointer.directory})", file=sys.stderr)
   loop.setdefault("stage", 0)      # checkpoints from before curricula
   loop.setdefault("stalls", 0)
+  loop.setdefault("seconds", 0.0)  # wall time before this (resumed) run; 0 in older checkpoints
+  seconds_before = loop["seconds"]
+  elapsed = lambda: seconds_before + time.perf_counter() - start
   history = loop["history"]
   for name in ("valid_horizon", "stage_start"):
     history.setdefault(name, [])
@@ -557,7 +573,8 @@ def _meta_train(family, valid_family, config, cfg, progress, checkpoint_dir, res
 
   def validate(phi, step):
     loss = validation_loss(phi, config, valid_family, valid_tasks, valid_keys,
-                           horizons[loop["stage"]], cfg.valid_objective)
+                           horizons[loop["stage"]], cfg.valid_objective,
+                           cfg.valid_horizon_multiple)
     history["valid_step"].append(step)
     history["valid_loss"].append(loss)
     history["valid_horizon"].append(horizons[loop["stage"]])
@@ -573,9 +590,10 @@ def _meta_train(family, valid_family, config, cfg, progress, checkpoint_dir, res
 
   def result(phi_last):
     return MetaTrainResult(best_phi, loop["best_valid"], phi_last, history, loop["num_skipped"],
-                           time.perf_counter() - start)
+                           elapsed())
 
   def save():
+    loop["seconds"] = elapsed()
     if checkpointer is not None:
       checkpointer.save({"train": state, "best_phi": best_phi}, loop)
 

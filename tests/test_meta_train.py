@@ -130,6 +130,29 @@ def test_final_valid_objective_scores_the_last_ten_steps_and_drives_early_stoppi
   assert result.best_valid_loss == min(result.history["valid_loss"])
 
 
+def test_valid_horizon_multiple_scores_the_end_of_each_horizon_of_a_longer_run():
+  from metaopt.rule import rule_factory
+  from metaopt.unroll import jitted_loss_curves
+  fam, config = QuadraticFamily(), LSTMConfig()
+  phi = init_train_state(fam, config, MetaTrainConfig()).phi
+  tasks, keys = sample_tasks(fam, jax.random.key(3), 4)
+  curves = np.asarray(jitted_loss_curves(rule_factory(config), fam, tasks, keys, 60, (phi,))[0])
+  ends = np.concatenate([curves[:, 21:31], curves[:, 51:61]], axis=1)
+  np.testing.assert_allclose(validation_loss(phi, config, fam, tasks, keys, 30, "final", 2),
+                             ends.mean(), rtol=1e-5)
+  np.testing.assert_allclose(validation_loss(phi, config, fam, tasks, keys, 30, "mean", 2),
+                             curves[:, 1:].mean(), rtol=1e-5)
+  cfg = MetaTrainConfig(horizon=10, unroll_length=5, batch_size=8, num_meta_steps=5,
+                        meta_learning_rate=1e-2, valid_every=5, num_valid_problems=4,
+                        valid_objective="final", valid_horizon_multiple=3)
+  result = meta_train(fam, config, cfg, progress=False)
+  valid_tasks, valid_keys = sample_tasks(fam, jax.random.fold_in(jax.random.key(0), 1_000_003), 4)
+  np.testing.assert_allclose(validation_loss(result.phi, config, fam, valid_tasks, valid_keys, 10,
+                                             "final", 3), result.best_valid_loss, rtol=1e-5)
+  with pytest.raises(ValueError, match="valid_horizon_multiple must be a positive integer"):
+    MetaTrainConfig(valid_horizon_multiple=0)
+
+
 def test_linear_step_weighting_weights_each_loss_by_its_step_in_the_run():
   from metaopt.meta_train import truncated_meta_loss
   fam, config = QuadraticFamily(dim=3), LSTMConfig()

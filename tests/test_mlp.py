@@ -60,10 +60,12 @@ SHARED = pathlib.Path(os.environ.get("METAOPT_DATA_DIR") or pathlib.Path(__file_
 
 
 @pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason="original MNIST files not found")
-@pytest.mark.skipif("mnist" not in metaopt.list_pretrained(), reason="no shipped MNIST rule yet")
-def test_pretrained_mnist_rule_trains_a_fresh_base_net_in_a_users_optax_loop():
+@pytest.mark.parametrize("name", ["mnist", "mnist_long"])
+def test_pretrained_mnist_rule_trains_a_fresh_base_net_in_a_users_optax_loop(name):
+  if name not in metaopt.list_pretrained():
+    pytest.skip(f"no shipped {name} rule")
   ds = metaopt.data.load_dataset("mnist", SHARED)
-  phi, config, _ = metaopt.load_pretrained("mnist")
+  phi, config, _ = metaopt.load_pretrained(name)
   fam = MLPFamily.from_dataset(ds, init_scale=0.01)
   params, state = fam.init(fam.sample_task(jax.random.key(0)), jax.random.key(42))
   opt = optax.chain(metaopt.learned_rule(phi, config))
@@ -80,3 +82,16 @@ def test_pretrained_mnist_rule_trains_a_fresh_base_net_in_a_users_optax_loop():
     params, opt_state, loss = step(params, opt_state, jax.random.fold_in(jax.random.key(7), t))
     losses.append(float(loss))
   assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:3]), losses
+
+
+@pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason="original MNIST files not found")
+def test_mnist_long_is_make_mnist_with_more_meta_steps_and_200_step_validation():
+  import dataclasses
+  from experiments import mnist, mnist_long
+  base, long = mnist.config(data_dir=SHARED), mnist_long.config(data_dir=SHARED)
+  assert long.train.num_meta_steps == 3000 and long.train.valid_horizon_multiple == 2
+  assert dataclasses.replace(long.train, num_meta_steps=base.train.num_meta_steps,
+                             valid_horizon_multiple=1) == base.train
+  assert long.lstm == base.lstm and long.eval_steps == base.eval_steps
+  assert ([(v.name, v.steps, v.retune) for v in long.variants]
+          == [(v.name, v.steps, v.retune) for v in base.variants])

@@ -113,6 +113,21 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_good_one(tmp_path,
     metaopt.checkpoint.load_tree_checkpoint(newest, {"train": state, "best_phi": state.phi})
 
 
+def test_resumed_run_reports_the_wall_time_of_the_interrupted_run_too(tmp_path):
+  fam = QuadraticFamily(dim=3)
+  first = meta_train(fam, CONFIG, MetaTrainConfig(**{**TRAIN, "num_meta_steps": 4}),
+                     progress=False, checkpoint_dir=tmp_path)
+  checkpointer = Checkpointer(tmp_path, CONFIG, MetaTrainConfig(**TRAIN))
+  state = init_train_state(fam, CONFIG, MetaTrainConfig(**TRAIN))
+  _, loop = checkpointer.restore({"train": state, "best_phi": state.phi})
+  assert 0 < loop["seconds"] <= first.seconds
+  start = time.perf_counter()
+  resumed = meta_train(fam, CONFIG, MetaTrainConfig(**{**TRAIN, "num_meta_steps": 6}),
+                       progress=False, checkpoint_dir=tmp_path, resume=True)
+  own = time.perf_counter() - start
+  assert loop["seconds"] < resumed.seconds <= loop["seconds"] + own
+
+
 def test_checkpoint_from_another_configuration_is_refused(tmp_path):
   cfg = MetaTrainConfig(**{**TRAIN, "num_meta_steps": 2})
   meta_train(QuadraticFamily(dim=3), CONFIG, cfg, progress=False, checkpoint_dir=tmp_path)
