@@ -2,7 +2,10 @@
 
 ``python -m experiments.tables results/cifar/summary.json`` prints one table per
 variant (optimizers by final loss); ``--by-variant`` prints one row per
-optimizer and one column per variant (final loss), marking the best.
+optimizer and one column per variant (final loss), marking the best;
+``--late-rise 100`` prints, for every variant longer than 100 steps, each
+optimizer's moving-average loss at step 100 and the highest it reaches after
+(:func:`metaopt.evaluate.late_rise`; ``--window``, default 10 steps).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import argparse
 import json
 
 import numpy as np
+
+from metaopt.evaluate import late_rise
 
 
 def _cell(o: dict, name: str) -> str:
@@ -65,13 +70,40 @@ def by_variant(summary: dict) -> str:
   return "\n".join(out)
 
 
+def late_rises(summary: dict, step: int, window: int = 10) -> str:
+  """Per variant longer than ``step``: smoothed loss at ``step`` vs the highest after it."""
+  out = []
+  for variant, v in summary["variants"].items():
+    if v["steps"] <= step:
+      continue
+    out.append(f"**{variant}** ({window}-step moving average of the mean loss over "
+               f"{v['num_test_problems']} runs)\n")
+    out.append(f"| optimizer | at step {step} | highest after step {step} (step) "
+               "| rises above it |")
+    out.append("| --- " * 4 + "|")
+    for name, o in v["optimizers"].items():
+      if any(x is None for x in o["loss_mean"]):
+        out.append(f"| `{name}` | – | diverged | yes |")
+        continue
+      at, worst, where = late_rise(o["loss_mean"], step, window)
+      rises = "yes" if worst > at else "no"
+      out.append(f"| `{name}` | {at:.3f} | {worst:.3f} ({where}) | {rises} |")
+    out.append("")
+  return "\n".join(out)
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("summary")
   parser.add_argument("--by-variant", action="store_true")
+  parser.add_argument("--late-rise", type=int, default=None, metavar="STEP")
+  parser.add_argument("--window", type=int, default=10)
   args = parser.parse_args(argv)
   summary = json.load(open(args.summary))
-  print(by_variant(summary) if args.by_variant else per_variant(summary))
+  if args.late_rise is not None:
+    print(late_rises(summary, args.late_rise, args.window))
+  else:
+    print(by_variant(summary) if args.by_variant else per_variant(summary))
 
 
 if __name__ == "__main__":

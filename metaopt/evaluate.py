@@ -39,6 +39,33 @@ def summarize_curves(curves: Any, hyperparameters: Mapping[str, Any]) -> dict:
   }
 
 
+def late_rise(curve: Any, step: int, window: int = 10) -> tuple[float, float, int]:
+  """How high a loss curve climbs after ``step``, smoothed over ``window`` steps.
+
+  With the moving average :math:`a_t = \\tfrac1w \\sum_{s=t-w+1}^{t} f_s`, returns
+  :math:`(a_{step}, \\max_{t > step} a_t, \\arg\\max_{t > step} a_t)`: a rule has no late
+  divergence when the second value is not above the first. The average keeps a
+  one-step minibatch bump from counting as a rise (``window=1``: the raw curve).
+
+  Args:
+    curve: mean loss per step, index = optimizee step (step 0 = initial loss).
+    step: the reference step, e.g. the training horizon (needs ``window - 1 <= step < len - 1``).
+    window: moving-average length in steps.
+
+  Example:
+    >>> late_rise([3.0, 2.0, 1.0, 1.5, 0.5], step=2, window=1)
+    (1.0, 1.5, 3)
+  """
+  curve = np.asarray(curve, np.float64)
+  if not window - 1 <= step < len(curve) - 1 or window < 1:
+    raise ValueError(f"late_rise needs 1 <= window <= step + 1 and step < {len(curve) - 1} "
+                     f"(the curve's last step); got step={step}, window={window}")
+  avg = np.convolve(curve, np.ones(window) / window, mode="valid")  # avg[i] ends at step i+w-1
+  after = avg[step - window + 2:]
+  worst = int(np.argmax(after))
+  return float(avg[step - window + 1]), float(after[worst]), step + 1 + worst
+
+
 def git_commit() -> str:
   """The current git commit of the working directory, or "unknown"."""
   try:

@@ -160,3 +160,31 @@ def test_malloc_in_use_sees_a_preloaded_tcmalloc():
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                        env={**os.environ, "LD_PRELOAD": TCMALLOC})
   assert out.stdout.strip() == "tcmalloc"
+
+
+def test_late_rise_smooths_one_step_bumps_and_catches_late_divergence():
+  from experiments.tables import late_rises
+  from metaopt.evaluate import late_rise
+  steps = np.arange(301)
+  falling = 2.0 * np.exp(-steps / 50) + 0.3
+  bumped = falling.copy()
+  bumped[105] += 0.05                                   # one noisy minibatch after step 100
+  at, worst, where = late_rise(bumped, 100, window=1)
+  assert worst > at and where == 105
+  at, worst, _ = late_rise(bumped, 100, window=10)
+  assert worst <= at
+  diverging = falling.copy()
+  diverging[250:] += np.linspace(0.0, 1.0, 51)
+  at, worst, where = late_rise(diverging, 100, window=10)
+  assert worst > at and where == 300
+  assert late_rise(falling, 100, window=10)[0] == pytest.approx(falling[91:101].mean())
+  with pytest.raises(ValueError, match="late_rise needs"):
+    late_rise(falling, 5, window=10)
+  summary = {"variants": {
+      "short": {"steps": 100, "num_test_problems": 4, "optimizers": {}},
+      "long": {"steps": 300, "num_test_problems": 4, "optimizers": {
+          "ok": {"loss_mean": list(falling)}, "bad": {"loss_mean": list(diverging)}}}}}
+  table = late_rises(summary, 100)
+  assert "short" not in table
+  assert "| `ok` |" in table and table.split("| `ok` |")[1].split("\n")[0].endswith("no |")
+  assert table.split("| `bad` |")[1].split("\n")[0].endswith("yes |")
