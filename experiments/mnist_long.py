@@ -19,7 +19,7 @@ from metaopt.experiment import ExperimentConfig
 def config(quick: bool = False, data_dir: str | None = None) -> ExperimentConfig:
   """:func:`experiments.mnist.config` with 3000 meta-steps and 200-step validation runs."""
   cfg = mnist.config(quick, data_dir)
-  train = dataclasses.replace(cfg.train, num_meta_steps=cfg.train.num_meta_steps * 5 // 3,
+  train = dataclasses.replace(cfg.train, num_meta_steps=cfg.train.num_meta_steps if quick else 3000,
                               valid_horizon_multiple=2)
   return dataclasses.replace(cfg, name="mnist_long", train=train)
 
