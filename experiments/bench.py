@@ -35,11 +35,17 @@ def _median_seconds(fn, *args, reps: int) -> float:
   return statistics.median(times)
 
 
-def matmul_flop_rate(n: int = 2048, reps: int = 10) -> float:
-  """FLOP/s of a dense f32 n x n matrix product on the default device."""
+def matmul_flop_rate(n: int = 2048, reps: int = 10, precision=None) -> float:
+  """FLOP/s of a dense f32 n x n matrix product on the default device.
+
+  ``precision=None`` is JAX's default, the one the meta-step's own products use
+  (on recent NVIDIA GPUs that may run f32 products on TF32 tensor cores);
+  ``jax.lax.Precision.HIGHEST`` asks for full f32.
+  """
   a = jax.random.normal(jax.random.key(0), (n, n))
   b = jax.random.normal(jax.random.key(1), (n, n))
-  return 2 * n ** 3 / _median_seconds(jax.jit(jnp.matmul), a, b, reps=reps)
+  matmul = jax.jit(lambda x, y: jnp.matmul(x, y, precision=precision))
+  return 2 * n ** 3 / _median_seconds(matmul, a, b, reps=reps)
 
 
 def _flops(compiled) -> float:
@@ -120,54 +126,61 @@ def main(argv=None) -> dict:
   parser.add_argument("--quick", action="store_true",
                       default=os.environ.get("QUICK", "") not in ("", "0"))
   parser.add_argument("--max-params", type=int, default=10 ** 7)
+  parser.add_argument("--mnist-batch-sizes", default="1",
+                      help="comma-separated problems per MNIST meta-step; sizes other than 1 are "
+                           "recorded as mnist_batch<N> (an accelerator is idle at 1)")
   args = parser.parse_args(argv)
   reps = 3 if args.quick else 7
   device = jax.devices()[0]
-  rate = matmul_flop_rate(1024 if args.quick else 2048)
+  n = 1024 if args.quick else 2048
+  rate = matmul_flop_rate(n)
+  rate_highest = matmul_flop_rate(n, precision=jax.lax.Precision.HIGHEST)
   print(f"device {device.platform} ({device.device_kind}), malloc {malloc_in_use()}, "
-        f"matmul {rate / 1e9:.1f} GFLOP/s")
+        f"matmul {rate / 1e9:.1f} GFLOP/s (precision HIGHEST: {rate_highest / 1e9:.1f})")
+
+  result = {"device": f"{device.platform}:{device.device_kind}", "jax_version": jax.__version__,
+            "commit": git_commit(), "cpu_count": os.cpu_count(), "malloc": malloc_in_use(),
+            "matmul_flop_rate": rate, "matmul_flop_rate_precision_highest": rate_highest,
+            "meta_step": {}, "rule_step": [], "memory": []}
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  save = lambda: out.write_text(json.dumps(result, indent=1) + "\n")  # after every row
 
   problems = {"quadratic": (QuadraticFamily(), LSTMConfig(), 128)}
   try:
     ds = metaopt.data.load_dataset("mnist")
-    problems["mnist"] = (MLPFamily.from_dataset(ds, init_scale=0.01),
-                         LSTMConfig(preprocessing="log_sign", output_scale=0.1), 1)
+    mnist = (MLPFamily.from_dataset(ds, init_scale=0.01),
+             LSTMConfig(preprocessing="log_sign", output_scale=0.1))
+    for b in (int(x) for x in args.mnist_batch_sizes.split(",")):
+      problems["mnist" if b == 1 else f"mnist_batch{b}"] = (*mnist, b)
   except Exception as e:  # no data: the MNIST rows are skipped and say why
     print(f"MNIST skipped: {e}")
-  meta = {}
   for name, (family, config, batch) in problems.items():
-    meta[name] = bench_meta_step(name, family, config, batch, 20, reps, rate)
-    m = meta[name]
-    print(f"meta-step {name:<9} {m['seconds'] * 1e3:8.1f} ms  compile {m['compile_seconds']:.1f} s  "
+    m = result["meta_step"][name] = bench_meta_step(name, family, config, batch, 20, reps, rate)
+    save()
+    print(f"meta-step {name:<13} {m['seconds'] * 1e3:8.1f} ms  compile {m['compile_seconds']:.1f} s  "
           f"{m['coord_steps_per_second'] / 1e6:.2f} M coord-steps/s  "
           f"{m['flop_rate'] / 1e9:.1f} GFLOP/s = {100 * m['fraction_of_matmul']:.0f}% of matmul")
 
-  rule = []
   n = 1000
   while n <= (10 ** 5 if args.quick else args.max_params):
-    rule.append(bench_rule_step(n, reps, rate))
-    r = rule[-1]
+    r = bench_rule_step(n, reps, rate)
+    result["rule_step"].append(r)
+    save()
     print(f"rule step {n:>9} params  {r['seconds'] * 1e3:9.3f} ms  ({r['ns_per_param']:.2f} ns/param, "
           f"{100 * r['fraction_of_matmul']:.0f}% of matmul)  adam {r['adam_seconds'] * 1e3:.3f} ms")
     n *= 10
 
-  memory = []
   family, config, _ = problems.get("mnist", problems["quadratic"])
   mem_name = "mnist" if "mnist" in problems else "quadratic"
   for unroll in ((10, 20) if args.quick else (10, 20, 50, 100)):
     for remat in (False, True):
-      memory.append(bench_memory(mem_name, family, config, unroll, remat))
-      m = memory[-1]
+      m = bench_memory(mem_name, family, config, unroll, remat)
+      result["memory"].append(m)
+      save()
       print(f"memory {mem_name} unroll {unroll:>3} remat {remat!s:<5} {m['bytes'] / 2 ** 20:8.1f} MiB  "
             f"({m['seconds']:.2f} s/meta-step)")
-
-  result = {"device": f"{device.platform}:{device.device_kind}", "jax_version": jax.__version__,
-            "commit": git_commit(), "cpu_count": os.cpu_count(), "malloc": malloc_in_use(),
-            "matmul_flop_rate": rate,
-            "meta_step": meta, "rule_step": rule, "memory": memory}
-  pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-  pathlib.Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-  print(f"wrote {args.out}")
+  print(f"wrote {out}")
   return result
 
 

@@ -67,13 +67,17 @@ def late_rise(curve: Any, step: int, window: int = 10) -> tuple[float, float, in
 
 
 def git_commit() -> str:
-  """The current git commit of the working directory, or "unknown"."""
+  """The current git commit of the package's checkout, else ``$METAOPT_COMMIT``, else "unknown".
+
+  ``METAOPT_COMMIT`` names the commit of a copied tree that has no ``.git`` (a remote machine).
+  """
   try:
     out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                          timeout=10, cwd=pathlib.Path(__file__).parent)
-    return out.stdout.strip() or "unknown"
+    commit = out.stdout.strip()
   except (OSError, subprocess.SubprocessError):
-    return "unknown"
+    commit = ""
+  return commit or os.environ.get("METAOPT_COMMIT") or "unknown"
 
 
 def malloc_in_use() -> str:

@@ -188,3 +188,15 @@ def test_late_rise_smooths_one_step_bumps_and_catches_late_divergence():
   assert "short" not in table
   assert "| `ok` |" in table and table.split("| `ok` |")[1].split("\n")[0].endswith("no |")
   assert table.split("| `bad` |")[1].split("\n")[0].endswith("yes |")
+
+
+def test_git_commit_names_the_checkout_else_metaopt_commit(monkeypatch):
+  from metaopt import evaluate
+  monkeypatch.setenv("METAOPT_COMMIT", "copied-tree")
+  assert evaluate.git_commit() not in ("copied-tree", "unknown")  # this checkout wins
+  def no_git(*args, **kwargs):
+    raise OSError("no git here")
+  monkeypatch.setattr(evaluate.subprocess, "run", no_git)
+  assert evaluate.git_commit() == "copied-tree"
+  monkeypatch.delenv("METAOPT_COMMIT")
+  assert evaluate.git_commit() == "unknown"
