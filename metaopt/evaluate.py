@@ -67,17 +67,19 @@ def late_rise(curve: Any, step: int, window: int = 10) -> tuple[float, float, in
 
 
 def git_commit() -> str:
-  """The current git commit of the package's checkout, else ``$METAOPT_COMMIT``, else "unknown".
+  """``$METAOPT_COMMIT`` when set, else the git commit of the package's checkout, else "unknown".
 
-  ``METAOPT_COMMIT`` names the commit of a copied tree that has no ``.git`` (a remote machine).
+  ``METAOPT_COMMIT`` names the commit of a copied tree (a remote machine), whose ``.git``
+  may be missing or stale.
   """
+  if os.environ.get("METAOPT_COMMIT"):
+    return os.environ["METAOPT_COMMIT"]
   try:
     out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                          timeout=10, cwd=pathlib.Path(__file__).parent)
-    commit = out.stdout.strip()
+    return out.stdout.strip() or "unknown"
   except (OSError, subprocess.SubprocessError):
-    commit = ""
-  return commit or os.environ.get("METAOPT_COMMIT") or "unknown"
+    return "unknown"
 
 
 def malloc_in_use() -> str:

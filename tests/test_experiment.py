@@ -190,13 +190,15 @@ def test_late_rise_smooths_one_step_bumps_and_catches_late_divergence():
   assert table.split("| `bad` |")[1].split("\n")[0].endswith("yes |")
 
 
-def test_git_commit_names_the_checkout_else_metaopt_commit(monkeypatch):
+def test_git_commit_is_metaopt_commit_when_set_else_the_checkout(monkeypatch):
   from metaopt import evaluate
-  monkeypatch.setenv("METAOPT_COMMIT", "copied-tree")
-  assert evaluate.git_commit() not in ("copied-tree", "unknown")  # this checkout wins
+  monkeypatch.delenv("METAOPT_COMMIT", raising=False)
+  head = evaluate.git_commit()
+  assert len(head) == 40 and int(head, 16) >= 0  # this checkout's commit
+  monkeypatch.setenv("METAOPT_COMMIT", "copied-tree")  # a copied tree may hold a stale .git
+  assert evaluate.git_commit() == "copied-tree"
+  monkeypatch.delenv("METAOPT_COMMIT")
   def no_git(*args, **kwargs):
     raise OSError("no git here")
   monkeypatch.setattr(evaluate.subprocess, "run", no_git)
-  assert evaluate.git_commit() == "copied-tree"
-  monkeypatch.delenv("METAOPT_COMMIT")
   assert evaluate.git_commit() == "unknown"

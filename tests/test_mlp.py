@@ -85,13 +85,18 @@ def test_pretrained_mnist_rule_trains_a_fresh_base_net_in_a_users_optax_loop(nam
 
 
 @pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason="original MNIST files not found")
-def test_mnist_long_is_make_mnist_with_more_meta_steps_and_200_step_validation():
+def test_mnist_long_is_make_mnist_with_longer_slower_meta_training():
   import dataclasses
   from experiments import mnist, mnist_long
   base, long = mnist.config(data_dir=SHARED), mnist_long.config(data_dir=SHARED)
-  assert long.train.num_meta_steps == 3000 and long.train.valid_horizon_multiple == 2
-  assert dataclasses.replace(long.train, num_meta_steps=base.train.num_meta_steps,
-                             valid_horizon_multiple=1) == base.train
+  assert (base.train.num_meta_steps, base.train.meta_learning_rate, base.train.valid_every,
+          base.train.valid_horizon_multiple) == (2000, 6e-3, 100, 2)
+  assert (long.train.num_meta_steps, long.train.meta_learning_rate, long.train.valid_every,
+          long.train.valid_horizon_multiple) == (3000, 3e-3, 50, 2)  # its committed results
+  assert dataclasses.replace(long.train, num_meta_steps=2000, meta_learning_rate=6e-3,
+                             valid_every=100) == base.train
+  quick = mnist_long.config(quick=True, data_dir=SHARED)
+  assert quick.train == mnist.config(quick=True, data_dir=SHARED).train
   assert long.lstm == base.lstm and long.eval_steps == base.eval_steps
   assert ([(v.name, v.steps, v.retune) for v in long.variants]
           == [(v.name, v.steps, v.retune) for v in base.variants])
