@@ -132,14 +132,15 @@ def main(argv=None) -> dict:
   args = parser.parse_args(argv)
   reps = 3 if args.quick else 7
   device = jax.devices()[0]
-  n = 1024 if args.quick else 2048
-  rate = matmul_flop_rate(n)
-  rate_highest = matmul_flop_rate(n, precision=jax.lax.Precision.HIGHEST)
-  print(f"device {device.platform} ({device.device_kind}), malloc {malloc_in_use()}, "
+  matmul_size = 1024 if args.quick else 2048
+  rate = matmul_flop_rate(matmul_size)
+  rate_highest = matmul_flop_rate(matmul_size, precision=jax.lax.Precision.HIGHEST)
+  malloc = malloc_in_use()
+  print(f"device {device.platform} ({device.device_kind}), malloc {malloc}, "
         f"matmul {rate / 1e9:.1f} GFLOP/s (precision HIGHEST: {rate_highest / 1e9:.1f})")
 
   result = {"device": f"{device.platform}:{device.device_kind}", "jax_version": jax.__version__,
-            "commit": git_commit(), "cpu_count": os.cpu_count(), "malloc": malloc_in_use(),
+            "commit": git_commit(), "cpu_count": os.cpu_count(), "malloc": malloc,
             "matmul_flop_rate": rate, "matmul_flop_rate_precision_highest": rate_highest,
             "meta_step": {}, "rule_step": [], "memory": []}
   out = pathlib.Path(args.out)

@@ -21,11 +21,8 @@ from metaopt.experiment import ExperimentConfig
 def config(quick: bool = False, data_dir: str | None = None) -> ExperimentConfig:
   """:func:`experiments.mnist.config` with 3000 meta-steps at meta-lr 3e-3, validated every 50."""
   cfg = mnist.config(quick, data_dir)
-  if not quick:
-    train = dataclasses.replace(cfg.train, num_meta_steps=3000, meta_learning_rate=3e-3,
-                                valid_every=50, valid_horizon_multiple=2)
-  else:
-    train = cfg.train
+  train = cfg.train if quick else dataclasses.replace(
+      cfg.train, num_meta_steps=3000, meta_learning_rate=3e-3, valid_every=50)
   return dataclasses.replace(cfg, name="mnist_long", train=train)
 
 
