@@ -78,6 +78,8 @@ class ExtraRule:
       shipped name (:func:`metaopt.checkpoint.list_pretrained`) or a ``.msgpack`` path,
       which must have been made for ``lstm``.
     valid_family: where its validation problems come from (default ``family``).
+    optional: run only when named in ``--rules`` / ``RULES`` (e.g. a costly reference
+      rule kept out of the default run's time budget).
   """
 
   name: str
@@ -87,6 +89,7 @@ class ExtraRule:
   variants: tuple[str, ...] | None = None
   pretrained: str | None = None
   valid_family: ProblemFamily | None = None
+  optional: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,6 +333,15 @@ def only_extra_rules(cfg: ExperimentConfig, names: Sequence[str]) -> ExperimentC
   return dataclasses.replace(cfg, extra_rules=tuple(r for r in cfg.extra_rules if r.name in names))
 
 
+def default_extra_rules(cfg: ExperimentConfig) -> ExperimentConfig:
+  """``cfg`` without its optional extra rules (what a run without ``--rules`` trains).
+
+  Example:
+    >>> cfg = default_extra_rules(cfg)   # e.g. make cifar without lstm_paper
+  """
+  return dataclasses.replace(cfg, extra_rules=tuple(r for r in cfg.extra_rules if not r.optional))
+
+
 def main(name: str, make_config: Callable[..., ExperimentConfig], argv=None,
          doc: str | None = None, data: bool = False,
          after: Callable[[ExperimentConfig, dict, pathlib.Path], None] | None = None) -> dict:
@@ -349,7 +361,8 @@ def main(name: str, make_config: Callable[..., ExperimentConfig], argv=None,
   parser.add_argument("--no-progress", action="store_true")
   parser.add_argument("--rules", default=os.environ.get("RULES") or None,
                       help="comma-separated extra rules to run (also RULES=...); the main rule "
-                           "always runs, the other extra rules are skipped")
+                           "always runs, the other extra rules are skipped; without it every "
+                           "extra rule but the optional ones runs")
   if data:
     parser.add_argument("--data-dir", default=None,
                         help="folder of the original data files (default $METAOPT_DATA_DIR)")
@@ -363,6 +376,8 @@ def main(name: str, make_config: Callable[..., ExperimentConfig], argv=None,
   cfg = make_config(args.quick, args.data_dir) if data else make_config(args.quick)
   if args.rules:
     cfg = only_extra_rules(cfg, [r.strip() for r in args.rules.split(",") if r.strip()])
+  else:
+    cfg = default_extra_rules(cfg)
   checkpoints = pathlib.Path(".cache", "checkpoints", *out.resolve().parts[-2:])
   summary = run_experiment(cfg, out, progress=not args.no_progress, checkpoint_dir=checkpoints,
                            resume=args.resume)

@@ -1,3 +1,6 @@
+import os
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -155,3 +158,51 @@ def test_sequential_meta_loss_and_gradient_equal_the_vmapped_ones():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6),
                seq_grad, vec_grad)
   assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(seq_grad))
+
+
+def test_make_cifar_rule_meta_trains_both_lstms_on_imitation_runs_of_the_conv_net():
+  import dataclasses
+  from experiments import cifar
+  from metaopt.meta_train import init_train_state, make_meta_step
+  paper, train = cifar.train_configs(quick=True)
+  assert paper.imitation_prob == 0 and train == dataclasses.replace(paper, **cifar.IMITATION)
+  config = cifar.two_lstms(cifar.RNNPROP_LSTM)
+  cfg = dataclasses.replace(train, imitation_prob=1.0, unroll_length=2, horizon=4)
+  fam = _family()
+  state = init_train_state(fam, config, cfg)
+  step = make_meta_step(config, cfg)
+  new, metrics = step(fam, state)
+  assert bool(metrics["finite"]) and float(metrics["meta_loss"]) > 0
+  for group in ("conv", "fc"):   # the imitation error reaches each group's LSTM
+    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), new.phi[group], state.phi[group])
+    assert max(jax.tree.leaves(moved)) > 0, group
+  # Batch-norm statistics move along the imitation run (the optimizee follows Adam).
+  assert not np.allclose(jax.tree.leaves(new.runs.model_state)[0],
+                         jax.tree.leaves(state.runs.model_state)[0])
+
+
+SHARED = pathlib.Path(os.environ.get("METAOPT_DATA_DIR") or pathlib.Path(__file__).resolve().parents[2] / "shared" / "data")
+
+
+@pytest.mark.skipif("cifar" not in metaopt.list_pretrained(), reason="no shipped CIFAR rule")
+@pytest.mark.skipif(not (SHARED / "cifar10").is_dir(), reason="original CIFAR-10 files not found")
+def test_shipped_cifar_rule_trains_the_papers_conv_net_in_a_users_optax_loop():
+  phi, config, _ = metaopt.load_pretrained("cifar")
+  assert isinstance(config, GroupedLSTMConfig) and set(phi) == {"conv", "fc"}
+  ds = metaopt.data.load_dataset("cifar10", SHARED)
+  fam = ConvFamily.from_arrays(ds.train_images[:4096], ds.train_labels[:4096], batch_size=64)
+  params, bn = fam.init(fam.sample_task(jax.random.key(0)), jax.random.key(1))
+  opt = optax.chain(metaopt.learned_rule(phi, config))
+  opt_state = opt.init(params)
+
+  @jax.jit
+  def step(params, bn, opt_state, key):
+    (loss, bn), grads = jax.value_and_grad(fam.loss, has_aux=True)(params, bn, (), key)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), bn, opt_state, loss
+
+  losses = []
+  for t in range(40):
+    params, bn, opt_state, loss = step(params, bn, opt_state, jax.random.fold_in(jax.random.key(7), t))
+    losses.append(float(loss))
+  assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:3]), losses

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import pathlib
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 
 import metaopt
-from metaopt.experiment import (ExperimentConfig, ExtraRule, Variant, only_extra_rules,
-                                 run_experiment)
+from metaopt.experiment import (ExperimentConfig, ExtraRule, Variant, default_extra_rules,
+                                only_extra_rules, run_experiment)
 from metaopt.meta_train import MetaTrainConfig
 from metaopt.networks import LSTMConfig
 from metaopt.problems import QuadraticFamily
@@ -78,7 +79,7 @@ def test_extra_rules_are_trained_saved_and_evaluated_on_their_variants(tmp_path)
                      extra_rules=(ExtraRule("lstm", small, LSTMConfig(), train),))
 
 
-def test_only_extra_rules_keeps_the_named_rules_and_rejects_unknown_ones():
+def test_only_extra_rules_keeps_the_named_rules_and_optional_rules_run_only_when_named():
   train = MetaTrainConfig(horizon=4, unroll_length=2, num_meta_steps=1)
   fam = QuadraticFamily(dim=3)
   rules = tuple(ExtraRule(n, fam, LSTMConfig((4,)), train) for n in ("lstm_a", "lstm_b", "lstm_c"))
@@ -89,6 +90,10 @@ def test_only_extra_rules_keeps_the_named_rules_and_rejects_unknown_ones():
   assert only_extra_rules(cfg, []).extra_rules == ()
   with pytest.raises(ValueError, match=r"unknown rules \['lstm_x'\]"):
     only_extra_rules(cfg, ["lstm_a", "lstm_x"])
+  # An optional rule is left out of a default run and runs when named.
+  cfg = dataclasses.replace(cfg, extra_rules=rules[:2] + (dataclasses.replace(rules[2], optional=True),))
+  assert [r.name for r in default_extra_rules(cfg).extra_rules] == ["lstm_a", "lstm_b"]
+  assert [r.name for r in only_extra_rules(cfg, ["lstm_c"]).extra_rules] == ["lstm_c"]
 
 
 def test_variants_done_survive_a_failure_in_a_later_one(tmp_path, monkeypatch):
