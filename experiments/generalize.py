@@ -1,4 +1,4 @@
-"""Beyond the paper: a learned rule that generalizes (RNNprop inputs, augmentation, curriculum).
+"""Beyond the paper: a learned rule that generalizes (RNNprop, augmentation, curriculum, imitation).
 
 Meta-train once on the MNIST base net (one hidden layer of 20 sigmoid units)
 with the generalization options of :class:`metaopt.networks.LSTMConfig` and
@@ -29,7 +29,8 @@ PAPER_LSTM = LSTMConfig(hidden_sizes=(20, 20), preprocessing="log_sign", preproc
 
 
 def train_config(quick: bool = False) -> MetaTrainConfig:
-  """Meta-training of the generalizing rule: curriculum 100 -> 1000 steps, log objective."""
+  """Meta-training of the generalizing rule: curriculum 100 -> 1000 steps, log objective,
+  imitation of Adam on half the runs (rate drawn per run), Polyak-averaged phi."""
   return MetaTrainConfig(
       horizon=20 if quick else 100, unroll_length=10 if quick else 20,
       curriculum=(40,) if quick else (200, 500, 1000),   # Chen et al. (2020)
@@ -42,6 +43,11 @@ def train_config(quick: bool = False) -> MetaTrainConfig:
       valid_every=2 if quick else 50,
       num_valid_problems=2 if quick else 8,
       collapse_factor=1.5,
+      # Chen et al. (2020): half the runs imitate Adam, at a rate drawn log-uniformly between
+      # Adam's tuned rates for the 1000-step runs (0.01) and the 100-step runs (0.0316) of
+      # the base net, so the rule learns a range of step sizes rather than one.
+      imitation_prob=0.5, imitation_learning_rate=0.01, imitation_max_learning_rate=0.0316,
+      phi_average=0.98,   # Polyak averaging: validation and the result use the mean phi
   )
 
 

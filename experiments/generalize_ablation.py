@@ -25,6 +25,10 @@ NUM_META_STEPS = 250   # per rule (the full experiment uses 1000)
 # Imitation (Chen et al. 2020): half of the runs follow Adam at the rate tuned for the 1000-step
 # task (results/generalize), scored by the rule's relative distance to Adam's updates.
 IMITATION = dict(imitation_prob=0.5, imitation_learning_rate=0.01)
+# The ablation's base rule predates make generalize's imitation and phi averaging; it measures
+# options 1-5 without them (results/generalize_ablation; the later options were measured on an
+# H100 at full scale: results/h100/generalize_trials).
+WITHOUT_LATER_OPTIONS = dict(imitation_prob=0.0, imitation_max_learning_rate=None, phi_average=None)
 
 
 def config(quick: bool = False, data_dir: str | None = None) -> ExperimentConfig:
@@ -33,7 +37,7 @@ def config(quick: bool = False, data_dir: str | None = None) -> ExperimentConfig
   base = MLPFamily.from_dataset(mnist, init_scale=0.01, batch_size=128)
   train = dataclasses.replace(generalize.train_config(quick),
                               num_meta_steps=8 if quick else NUM_META_STEPS,
-                              num_valid_problems=2 if quick else 4)
+                              num_valid_problems=2 if quick else 4, **WITHOUT_LATER_OPTIONS)
   paper_net = generalize.PAPER_LSTM
   ablations = {
       "lstm_no_rnnprop": dict(lstm=paper_net),

@@ -24,13 +24,41 @@ class Imitation(NamedTuple):
 
   Attributes:
     prob: probability that a run imitates the teacher.
-    learning_rate: the teacher's (Adam's) learning rate.
+    learning_rate: the teacher's (Adam's) learning rate, or the low end of its range.
     weight: scale of the imitation term in the meta-objective.
+    max_learning_rate: None: every run's teacher uses ``learning_rate``; else each run
+      draws its teacher's rate log-uniformly from ``[learning_rate, max_learning_rate]``
+      (:func:`teacher`, :func:`with_teacher_rates`).
   """
 
   prob: float
   learning_rate: float
   weight: float
+  max_learning_rate: float | None = None
+
+
+def teacher(imitation: Imitation) -> optax.GradientTransformation:
+  """The imitated Adam: fixed rate, or a per-run rate held in its state (``inject_hyperparams``)."""
+  if imitation.max_learning_rate is None:
+    return optax.adam(imitation.learning_rate)
+  return optax.inject_hyperparams(optax.adam)(learning_rate=imitation.learning_rate)
+
+
+def with_teacher_rates(state: "ImitationState", imitation: Imitation, key: jax.Array
+                       ) -> "ImitationState":
+  """Draw each run's teacher rate log-uniformly in ``[learning_rate, max_learning_rate]``.
+
+  ``state`` holds a batch of runs (leading axis); without a rate range it is returned as is.
+
+  Example:
+    >>> state = with_teacher_rates(state, Imitation(0.5, 0.01, 1.0, 0.03), key)
+  """
+  if imitation.max_learning_rate is None:
+    return state
+  lo, hi = jnp.log(imitation.learning_rate), jnp.log(imitation.max_learning_rate)
+  rates = jnp.exp(jax.random.uniform(key, state.imitate.shape, minval=lo, maxval=hi))
+  hyper = dict(state.teacher.hyperparams, learning_rate=rates)
+  return state._replace(teacher=state.teacher._replace(hyperparams=hyper))
 
 
 class ImitationState(NamedTuple):

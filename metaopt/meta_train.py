@@ -28,7 +28,7 @@ import optax
 import tqdm
 
 from metaopt.checkpoint import CorruptCheckpointError, load_tree_checkpoint, save_tree_checkpoint
-from metaopt.imitation import Imitation, imitating
+from metaopt.imitation import Imitation, imitating, teacher, with_teacher_rates
 from metaopt.networks import RuleConfig, config_from_dict, init_meta_params
 from metaopt.problems.base import ProblemFamily, Task
 from metaopt.rule import learned_rule, rule_factory
@@ -74,6 +74,10 @@ class MetaTrainConfig:
       distance between the rule's updates and Adam's (:mod:`metaopt.imitation`). 0 (paper):
       never; validation always runs the learned rule itself.
     imitation_learning_rate: the imitated Adam's learning rate (e.g. the tuned one).
+    imitation_max_learning_rate: None: every imitation run's Adam uses
+      ``imitation_learning_rate``; else each run draws its Adam's rate log-uniformly
+      between the two, so the rule imitates a range of step sizes (e.g. the rates tuned
+      for the meta-training task and for a 10x longer horizon) rather than one.
     imitation_weight: scale of the imitation term against the loss terms of other runs.
     phi_average: if set, the decay ``d`` of an exponential moving average of phi
       (Polyak averaging), ``phi_avg <- d phi_avg + (1 - d) phi`` after every meta-step;
@@ -112,6 +116,7 @@ class MetaTrainConfig:
   imitation_prob: float = 0.0
   imitation_learning_rate: float = 1e-2
   imitation_weight: float = 1.0
+  imitation_max_learning_rate: float | None = None
   phi_average: float | None = None
   meta_lr_schedule: str = "constant"
   valid_objective: str = "mean"
@@ -151,6 +156,11 @@ class MetaTrainConfig:
     for name in ("imitation_learning_rate", "imitation_weight"):
       if not float(getattr(self, name)) > 0:
         raise ValueError(f"MetaTrainConfig.{name} must be > 0, got {getattr(self, name)!r}")
+    if (self.imitation_max_learning_rate is not None
+        and not self.imitation_max_learning_rate > self.imitation_learning_rate):
+      raise ValueError(f"MetaTrainConfig.imitation_max_learning_rate must be None or above "
+                       f"imitation_learning_rate ({self.imitation_learning_rate!r}), got "
+                       f"{self.imitation_max_learning_rate!r}")
     if self.phi_average is not None and not 0 <= self.phi_average < 1:
       raise ValueError(f"MetaTrainConfig.phi_average must be in [0, 1) or None, got "
                        f"{self.phi_average!r}")
@@ -168,8 +178,9 @@ class MetaTrainConfig:
     """The :class:`metaopt.imitation.Imitation` settings, or None without imitation runs."""
     if self.imitation_prob == 0:
       return None
+    top = self.imitation_max_learning_rate
     return Imitation(float(self.imitation_prob), float(self.imitation_learning_rate),
-                     float(self.imitation_weight))
+                     float(self.imitation_weight), None if top is None else float(top))
 
   def horizons(self) -> tuple[int, ...]:
     """The meta-training horizon of each curriculum stage (``(horizon,)`` without one)."""
@@ -257,7 +268,7 @@ def training_rule(phi: Any, config: RuleConfig, imitation: Imitation | None = No
                   ) -> optax.GradientTransformation:
   """The rule meta-training unrolls: the learned rule, run beside Adam when runs may imitate it."""
   rule = learned_rule(phi, config)
-  return rule if imitation is None else imitating(rule, optax.adam(imitation.learning_rate))
+  return rule if imitation is None else imitating(rule, teacher(imitation))
 
 
 def start_runs(family: ProblemFamily, config: RuleConfig, phi: Any, key: jax.Array,
@@ -275,7 +286,9 @@ def start_runs(family: ProblemFamily, config: RuleConfig, phi: Any, key: jax.Arr
       tasks, jax.random.split(k_runs, batch_size))
   if imitation is not None:
     imitate = jax.random.bernoulli(jax.random.fold_in(key, 1), imitation.prob, (batch_size,))
-    runs = runs._replace(opt_state=runs.opt_state._replace(imitate=imitate))
+    opt_state = with_teacher_rates(runs.opt_state._replace(imitate=imitate), imitation,
+                                   jax.random.fold_in(key, 2))
+    runs = runs._replace(opt_state=opt_state)
   return tasks, runs
 
 
