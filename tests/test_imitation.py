@@ -63,6 +63,32 @@ def test_imitation_runs_contribute_their_weighted_imitation_error_to_the_meta_lo
   assert not np.allclose(np.asarray(losses)[~flags], np.asarray(adam_losses)[~flags])
 
 
+def test_a_rate_range_gives_each_imitation_run_its_own_adam_rate_drawn_log_uniformly():
+  fam, config = QuadraticFamily(dim=3), LSTMConfig()
+  phi = init_meta_params(config, jax.random.key(0))
+  imitation = MetaTrainConfig(imitation_prob=1.0, imitation_learning_rate=0.01,
+                              imitation_max_learning_rate=0.1).imitation()
+  assert imitation.max_learning_rate == 0.1
+  tasks, runs = jax.jit(lambda k: start_runs(fam, config, phi, k, 64, imitation))(
+      jax.random.key(1))
+  rates = np.asarray(runs.opt_state.teacher.hyperparams["learning_rate"])
+  assert rates.shape == (64,) and rates.min() >= 0.01 and rates.max() <= 0.1
+  log_rates = np.log10(rates)                       # uniform on [-2, -1]: mean -1.5, both halves
+  assert abs(log_rates.mean() + 1.5) < 0.1 and 20 < np.sum(log_rates < -1.5) < 44
+  # Each run follows Adam at its own rate.
+  _, (_, losses) = jax.jit(lambda p, r: truncated_meta_loss(p, config, fam, tasks, r, 3,
+                                                            imitation=imitation))(phi, runs)
+  for i in (0, 1):
+    adam = optax.adam(float(rates[i]))
+    run = jax.tree.map(lambda x: x[i], runs)
+    run = run._replace(opt_state=adam.init(run.params))
+    _, expected = unroll(adam, fam, jax.tree.map(lambda x: x[i], tasks), run, 3)
+    np.testing.assert_allclose(losses[i], expected, rtol=1e-5)
+  assert not np.allclose(losses[0], losses[1])
+  with pytest.raises(ValueError, match="imitation_max_learning_rate must be None or above"):
+    MetaTrainConfig(imitation_learning_rate=0.1, imitation_max_learning_rate=0.1)
+
+
 def test_meta_training_on_imitation_runs_only_brings_the_rule_closer_to_adam():
   fam, config = QuadraticFamily(dim=3), LSTMConfig()
   cfg = MetaTrainConfig(horizon=10, unroll_length=10, batch_size=16, num_meta_steps=40,
