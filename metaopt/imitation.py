@@ -38,7 +38,12 @@ class Imitation(NamedTuple):
 
 
 def teacher(imitation: Imitation) -> optax.GradientTransformation:
-  """The imitated Adam: fixed rate, or a per-run rate held in its state (``inject_hyperparams``)."""
+  """The imitated Adam: fixed rate, or a per-run rate held in its state (``inject_hyperparams``).
+
+  Example:
+    >>> adam = teacher(Imitation(0.5, 0.01, 1.0, max_learning_rate=0.03))
+    >>> adam.init(params).hyperparams["learning_rate"]   # 0.01 until with_teacher_rates
+  """
   if imitation.max_learning_rate is None:
     return optax.adam(imitation.learning_rate)
   return optax.inject_hyperparams(optax.adam)(learning_rate=imitation.learning_rate)
