@@ -90,15 +90,12 @@ def bench_meta_step(name, family, config, batch_size, unroll, reps, matmul_rate)
 
 def _median_carried_seconds(update, grads, state, reps: int) -> float:
   """Median seconds of ``update(grads, state)`` with the state carried from call to call."""
-  _, state = update(grads, state)  # warm-up
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(reps):
-    t = time.perf_counter()
-    _, state = update(grads, state)
-    jax.block_until_ready(state)
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
+  carried = [state]
+
+  def call():
+    _, carried[0] = update(grads, carried[0])
+    return carried[0]
+  return _median_seconds(call, reps=reps)
 
 
 def bench_rule_step(num_params: int, reps: int, matmul_rate: float) -> dict:

@@ -1,5 +1,7 @@
 """Shared fixtures: tiny problem families and a fresh phi."""
 
+import os
+import pathlib
 from typing import NamedTuple
 
 import jax
@@ -8,6 +10,11 @@ import pytest
 from flax import struct
 
 import metaopt
+from metaopt.data import DATA_DIR_ENV
+
+# The original data files: $METAOPT_DATA_DIR, else ../shared/data beside the checkout.
+SHARED_DATA = pathlib.Path(os.environ.get(DATA_DIR_ENV)
+                           or pathlib.Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 class ScalarTask(NamedTuple):

@@ -1,6 +1,3 @@
-import os
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +8,7 @@ import metaopt
 from metaopt.networks import GroupedLSTMConfig, LSTMConfig
 from metaopt.problems import CONV_GROUPS, ConvFamily, classification_metrics, select_classes
 from metaopt.unroll import init_unroll, unroll
+from conftest import SHARED_DATA as SHARED
 
 
 def _fake_cifar(n=96, seed=0, size=16):
@@ -181,9 +179,6 @@ def test_make_cifar_rule_meta_trains_both_lstms_on_imitation_runs_of_the_conv_ne
                          jax.tree.leaves(state.runs.model_state)[0])
 
 
-SHARED = pathlib.Path(os.environ.get("METAOPT_DATA_DIR") or pathlib.Path(__file__).resolve().parents[2] / "shared" / "data")
-
-
 @pytest.mark.skipif("cifar" not in metaopt.list_pretrained(), reason="no shipped CIFAR rule")
 @pytest.mark.skipif(not (SHARED / "cifar10").is_dir(), reason="original CIFAR-10 files not found")
 def test_shipped_cifar_rule_trains_the_papers_conv_net_in_a_users_optax_loop():
@@ -203,6 +198,7 @@ def test_shipped_cifar_rule_trains_the_papers_conv_net_in_a_users_optax_loop():
 
   losses = []
   for t in range(40):
-    params, bn, opt_state, loss = step(params, bn, opt_state, jax.random.fold_in(jax.random.key(7), t))
+    key = jax.random.fold_in(jax.random.key(7), t)
+    params, bn, opt_state, loss = step(params, bn, opt_state, key)
     losses.append(float(loss))
   assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:3]), losses

@@ -1,13 +1,12 @@
 import gzip
-import os
 import pathlib
 
 import numpy as np
 import pytest
 
 from metaopt.data import DATA_DIR_ENV, DataError, load_dataset
+from conftest import SHARED_DATA as SHARED
 
-SHARED = pathlib.Path(os.environ.get(DATA_DIR_ENV) or pathlib.Path(__file__).resolve().parents[2] / "shared" / "data")
 needs_data = pytest.mark.skipif(not (SHARED / "mnist").is_dir(),
                                 reason=f"original MNIST files not found under {SHARED}")
 MNIST_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",

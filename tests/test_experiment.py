@@ -91,7 +91,8 @@ def test_only_extra_rules_keeps_the_named_rules_and_optional_rules_run_only_when
   with pytest.raises(ValueError, match=r"unknown rules \['lstm_x'\]"):
     only_extra_rules(cfg, ["lstm_a", "lstm_x"])
   # An optional rule is left out of a default run and runs when named.
-  cfg = dataclasses.replace(cfg, extra_rules=rules[:2] + (dataclasses.replace(rules[2], optional=True),))
+  optional = dataclasses.replace(rules[2], optional=True)
+  cfg = dataclasses.replace(cfg, extra_rules=rules[:2] + (optional,))
   assert [r.name for r in default_extra_rules(cfg).extra_rules] == ["lstm_a", "lstm_b"]
   assert [r.name for r in only_extra_rules(cfg, ["lstm_c"]).extra_rules] == ["lstm_c"]
 

@@ -1,7 +1,5 @@
 """The learned rule inside Flax training loops (linen TrainState and nnx.Optimizer) on real MNIST."""
 
-import os
-import pathlib
 
 import flax.linen as nn
 import jax
@@ -13,8 +11,8 @@ from flax import nnx
 from flax.training.train_state import TrainState
 
 import metaopt
+from conftest import SHARED_DATA as SHARED
 
-SHARED = pathlib.Path(os.environ.get("METAOPT_DATA_DIR") or pathlib.Path(__file__).resolve().parents[2] / "shared" / "data")
 pytestmark = [
     pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason="original MNIST files not found"),
     pytest.mark.skipif("mnist" not in metaopt.list_pretrained(), reason="no shipped MNIST rule"),

@@ -1,6 +1,3 @@
-import os
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +6,7 @@ import pytest
 
 import metaopt
 from metaopt.problems.mlp import MLPFamily, classification_metrics
+from conftest import SHARED_DATA as SHARED
 
 
 def _fake_images(n=256, seed=0):
@@ -54,9 +52,6 @@ def test_classification_metrics():
   m = classification_metrics(fam, (jnp.asarray(images), jnp.asarray(labels)), params)
   assert float(m["test_loss"]) == pytest.approx(np.log(10), rel=1e-5)
   assert float(m["test_accuracy"]) == pytest.approx(np.mean(labels == 0))
-
-
-SHARED = pathlib.Path(os.environ.get("METAOPT_DATA_DIR") or pathlib.Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 @pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason="original MNIST files not found")
