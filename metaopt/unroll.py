@@ -180,13 +180,18 @@ def map_runs(family: ProblemFamily, fn: Callable, *args: Any) -> Any:
 
   Families whose vmapped ops are slow (per-run conv kernels become grouped
   convolutions, ~3x slower per run on CPU) set ``batch_runs = False`` and get
-  ``lax.map``; a single run is always vmapped (no loop around it).
+  ``lax.map``. A single run is neither: ``fn`` runs on it directly and its outputs get
+  the leading axis back (vmap's batch axis of size 1 leaves XLA:CPU with transposes
+  between the LSTM's feature-leading arrays: a 1.6x slower MNIST meta-step).
 
   Example:
     >>> losses = map_runs(family, lambda task, key: run(task, key), tasks, keys)
   """
   num_runs = jax.tree.leaves(args)[0].shape[0]
-  if getattr(family, "batch_runs", True) or num_runs == 1:
+  if num_runs == 1:
+    out = fn(*jax.tree.map(lambda a: a[0], args))
+    return jax.tree.map(lambda a: a[None], out)
+  if getattr(family, "batch_runs", True):
     return jax.vmap(fn)(*args)
   return jax.lax.map(lambda a: fn(*a), args)
 
