@@ -1,7 +1,10 @@
 """``make bench``: how fast metaopt meta-trains and how cheaply the learned rule runs.
 
 Writes ``results/bench/bench.json`` (``--out`` to change) and prints a table. Every
-time is a median over repetitions after warm-up, with ``block_until_ready``.
+time is a median over repetitions after warm-up, with ``block_until_ready``. Each
+meta-step and learned-rule row's ``fraction_of_matmul`` divides its FLOP rate by the
+rate of a 2048^2 f32 matmul whose calls alternate with the row's (``matmul_flop_rate``
+of the row); the top-level ``matmul_flop_rate`` is the same product timed at the start.
 """
 
 from __future__ import annotations
@@ -35,6 +38,15 @@ def _median_seconds(fn, *args, reps: int) -> float:
   return statistics.median(times)
 
 
+def _matmul_call(n: int, precision=None):
+  """A jitted dense f32 n x n product, warmed up, as a no-argument call."""
+  a = jax.random.normal(jax.random.key(0), (n, n))
+  b = jax.random.normal(jax.random.key(1), (n, n))
+  matmul = jax.jit(lambda x, y: jnp.matmul(x, y, precision=precision))
+  jax.block_until_ready(matmul(a, b))
+  return lambda: matmul(a, b)
+
+
 def matmul_flop_rate(n: int = 2048, reps: int = 10, precision=None) -> float:
   """FLOP/s of a dense f32 n x n matrix product on the default device.
 
@@ -42,10 +54,25 @@ def matmul_flop_rate(n: int = 2048, reps: int = 10, precision=None) -> float:
   (on recent NVIDIA GPUs that may run f32 products on TF32 tensor cores);
   ``jax.lax.Precision.HIGHEST`` asks for full f32.
   """
-  a = jax.random.normal(jax.random.key(0), (n, n))
-  b = jax.random.normal(jax.random.key(1), (n, n))
-  matmul = jax.jit(lambda x, y: jnp.matmul(x, y, precision=precision))
-  return 2 * n ** 3 / _median_seconds(matmul, a, b, reps=reps)
+  return 2 * n ** 3 / _median_seconds(_matmul_call(n, precision), reps=reps)
+
+
+def _median_seconds_beside_matmul(fn, reps: int, matmul_size: int) -> tuple[float, float]:
+  """Median seconds of ``fn()`` and the matmul FLOP rate, their calls alternated.
+
+  On a shared machine the speed of the cores drifts within seconds (slow phases of a
+  few seconds halved the MNIST meta-step but not the matmul); alternating the two
+  and taking medians over ``reps`` pairs puts both under the same conditions.
+  """
+  matmul = _matmul_call(matmul_size)
+  jax.block_until_ready(fn())  # warm-up
+  fn_times, matmul_times = [], []
+  for _ in range(reps):
+    for call, times in ((matmul, matmul_times), (fn, fn_times)):
+      t = time.perf_counter()
+      jax.block_until_ready(call())
+      times.append(time.perf_counter() - t)
+  return statistics.median(fn_times), 2 * matmul_size ** 3 / statistics.median(matmul_times)
 
 
 def _flops(compiled) -> float:
@@ -64,15 +91,20 @@ def lstm_flops_per_coordinate_step(config: LSTMConfig) -> int:
   return flops + 2 * n_in
 
 
-def bench_meta_step(name, family, config, batch_size, unroll, reps, matmul_rate) -> dict:
-  """Seconds per meta-step, compile time, FLOPs (cost analysis x trip count) and FLOP rate."""
+def bench_meta_step(name, family, config, batch_size, unroll, reps, matmul_size) -> dict:
+  """Seconds per meta-step, compile time, FLOPs (cost analysis x trip count) and FLOP rate.
+
+  The fraction of the matmul rate uses a matmul timed alternately with the meta-step
+  (``matmul_flop_rate`` of the row).
+  """
   cfg = MetaTrainConfig(unroll_length=unroll, horizon=unroll * 5, batch_size=batch_size)
   state = init_train_state(family, config, cfg)
   step = make_meta_step(config, cfg)
   t = time.perf_counter()
   compiled = step.lower(family, state).compile()
   compile_seconds = time.perf_counter() - t
-  seconds = _median_seconds(lambda: compiled(family, state), reps=reps)
+  seconds, matmul_rate = _median_seconds_beside_matmul(lambda: compiled(family, state), reps,
+                                                       matmul_size)
   # XLA counts a while-loop body once: the scan body runs `unroll` times.
   loop_flops = _flops(compiled)
   coords = sum(x.size for x in jax.tree.leaves(state.runs.params)) // batch_size
@@ -84,26 +116,28 @@ def bench_meta_step(name, family, config, batch_size, unroll, reps, matmul_rate)
       "coord_steps_per_second": coords * batch_size * unroll / seconds,
       "flops": flops, "flops_cost_analysis_x_trips": loop_flops * unroll,
       "flops_analytic_lstm_fwd_bwd": analytic,
-      "flop_rate": flops / seconds, "fraction_of_matmul": flops / seconds / matmul_rate,
+      "flop_rate": flops / seconds, "matmul_flop_rate": matmul_rate,
+      "fraction_of_matmul": flops / seconds / matmul_rate,
   }
 
 
-def _median_carried_seconds(update, grads, state, reps: int) -> float:
-  """Median seconds of ``update(grads, state)`` with the state carried from call to call."""
+def _carried_call(update, grads, state):
+  """``update(grads, state)`` as a no-argument call that carries the state to the next call."""
   carried = [state]
 
   def call():
     _, carried[0] = update(grads, carried[0])
     return carried[0]
-  return _median_seconds(call, reps=reps)
+  return call
 
 
-def bench_rule_step(num_params: int, reps: int, matmul_rate: float) -> dict:
+def bench_rule_step(num_params: int, reps: int, matmul_size: int) -> dict:
   """One jitted learned-rule update vs optax.adam on ``num_params`` f32 parameters.
 
   ``seconds`` / ``adam_seconds``: the state carried and donated (``donate_argnums``), as a
   training loop's jitted step runs it, so XLA updates it in place; ``*_without_donation``:
-  a fresh state buffer every call (at 10^7 parameters the rule's state is 3.2 GB).
+  a fresh state buffer every call (at 10^7 parameters the rule's state is 3.2 GB). The
+  rule's ``seconds`` alternate with a matmul (``matmul_flop_rate`` of the row).
   """
   phi = metaopt.init_meta_params(LSTMConfig(), jax.random.key(0))
   params = {"w": jnp.zeros((num_params,), jnp.float32)}
@@ -112,16 +146,19 @@ def bench_rule_step(num_params: int, reps: int, matmul_rate: float) -> dict:
   for name, opt in (("seconds", metaopt.learned_rule(phi)), ("adam_seconds", optax.adam(1e-3))):
     out[f"{name}_without_donation"] = _median_seconds(jax.jit(opt.update), grads,
                                                       opt.init(params), reps=reps)
-    out[name] = _median_carried_seconds(jax.jit(opt.update, donate_argnums=1), grads,
-                                        opt.init(params), reps)
+    call = _carried_call(jax.jit(opt.update, donate_argnums=1), grads, opt.init(params))
+    if name == "seconds":
+      out[name], out["matmul_flop_rate"] = _median_seconds_beside_matmul(call, reps, matmul_size)
+    else:
+      out[name] = _median_seconds(call, reps=reps)
   flops = lstm_flops_per_coordinate_step(LSTMConfig()) * num_params
   out.update(ns_per_param=out["seconds"] / num_params * 1e9, flops=flops,
-             fraction_of_matmul=flops / out["seconds"] / matmul_rate)
+             fraction_of_matmul=flops / out["seconds"] / out["matmul_flop_rate"])
   return out
 
 
-def bench_memory(name, family, config, unroll, remat) -> dict:
-  """Compiled meta-step memory (XLA memory analysis) for one unroll length."""
+def bench_memory(name, family, config, unroll, remat, reps: int = 3) -> dict:
+  """Compiled meta-step memory (XLA memory analysis) and median seconds for one unroll length."""
   cfg = MetaTrainConfig(unroll_length=unroll, horizon=unroll, batch_size=1, remat=remat)
   state = init_train_state(family, config, cfg)
   compiled = make_meta_step(config, cfg).lower(family, state).compile()
@@ -129,9 +166,7 @@ def bench_memory(name, family, config, unroll, remat) -> dict:
   temp = int(getattr(mem, "temp_size_in_bytes", 0))
   args = int(getattr(mem, "argument_size_in_bytes", 0))
   out = int(getattr(mem, "output_size_in_bytes", 0))
-  t = time.perf_counter()
-  jax.block_until_ready(compiled(family, state))
-  seconds = time.perf_counter() - t
+  seconds = _median_seconds(lambda: compiled(family, state), reps=reps)
   return {"problem": name, "unroll": unroll, "remat": remat, "bytes": temp + args + out,
           "temp_bytes": temp, "seconds": seconds,
           "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
@@ -174,19 +209,21 @@ def main(argv=None) -> dict:
   except Exception as e:  # no data: the MNIST rows are skipped and say why
     print(f"MNIST skipped: {e}")
   for name, (family, config, batch) in problems.items():
-    m = result["meta_step"][name] = bench_meta_step(name, family, config, batch, 20, reps, rate)
+    m = result["meta_step"][name] = bench_meta_step(name, family, config, batch, 20,
+                                                    3 * reps, matmul_size)
     save()
     print(f"meta-step {name:<13} {m['seconds'] * 1e3:8.1f} ms  compile {m['compile_seconds']:.1f} s  "
           f"{m['coord_steps_per_second'] / 1e6:.2f} M coord-steps/s  "
-          f"{m['flop_rate'] / 1e9:.1f} GFLOP/s = {100 * m['fraction_of_matmul']:.0f}% of matmul")
+          f"{m['flop_rate'] / 1e9:.1f} GFLOP/s = {100 * m['fraction_of_matmul']:.1f}% of matmul "
+          f"({m['matmul_flop_rate'] / 1e9:.1f} GFLOP/s beside it)")
 
   n = 1000
   while n <= (10 ** 5 if args.quick else args.max_params):
-    r = bench_rule_step(n, reps, rate)
+    r = bench_rule_step(n, reps, matmul_size)
     result["rule_step"].append(r)
     save()
     print(f"rule step {n:>9} params  {r['seconds'] * 1e3:9.3f} ms  ({r['ns_per_param']:.2f} ns/param, "
-          f"{100 * r['fraction_of_matmul']:.0f}% of matmul; without donation "
+          f"{100 * r['fraction_of_matmul']:.1f}% of matmul; without donation "
           f"{r['seconds_without_donation'] * 1e3:.3f} ms)  adam {r['adam_seconds'] * 1e3:.3f} ms")
     n *= 10
 
@@ -194,7 +231,7 @@ def main(argv=None) -> dict:
   mem_name = "mnist" if "mnist" in problems else "quadratic"
   for unroll in ((10, 20) if args.quick else (10, 20, 50, 100)):
     for remat in (False, True):
-      m = bench_memory(mem_name, family, config, unroll, remat)
+      m = bench_memory(mem_name, family, config, unroll, remat, 1 if args.quick else 3)
       result["memory"].append(m)
       save()
       print(f"memory {mem_name} unroll {unroll:>3} remat {remat!s:<5} {m['bytes'] / 2 ** 20:8.1f} MiB  "

@@ -1,0 +1,49 @@
+"""`make bench`'s measurements on tiny shapes: FLOP counts, row fields and ratios."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import bench
+from metaopt.networks import CoordinatewiseLSTM, LSTMConfig, init_meta_params
+from metaopt.problems import QuadraticFamily
+
+
+@pytest.mark.parametrize("preprocessing", ["none", "log_sign"])
+def test_analytic_lstm_flops_agree_with_xla_cost_analysis_without_and_with_a_loop(preprocessing):
+  # The bench scales XLA's count of a scan by the trip count (XLA counts a loop body once)
+  # and checks it against the analytic count: both must hold on a loop-free step.
+  config, n, steps = LSTMConfig(preprocessing=preprocessing), 4096, 3
+  phi = init_meta_params(config, jax.random.key(0))
+  state = tuple(jnp.zeros((h, n)) for h in config.hidden_sizes)
+  net = CoordinatewiseLSTM(config)
+  one_step = lambda g, h, c: net.apply(phi, g, h, c)
+
+  def looped(g, h, c):
+    return jax.lax.scan(lambda hc, _: (one_step(g, *hc)[1:], None), (h, c), length=steps)[0]
+
+  def unrolled(g, h, c):
+    for _ in range(steps):
+      _, h, c = one_step(g, h, c)
+    return h, c
+
+  flops = lambda fn: bench._flops(jax.jit(fn).lower(jnp.ones(n), state, state).compile())
+  analytic = bench.lstm_flops_per_coordinate_step(config) * n
+  assert 1.0 <= flops(one_step) / analytic < 1.25  # XLA also counts the gates' elementwise ops
+  np.testing.assert_allclose(flops(looped) * steps, flops(unrolled), rtol=0.05)
+
+
+def test_bench_rows_have_the_documented_fields_and_consistent_ratios():
+  m = bench.bench_meta_step("quadratic", QuadraticFamily(dim=4), LSTMConfig(), 4, 3, 2, 128)
+  assert m["coordinates"] == 4 and m["seconds"] > 0 and m["compile_seconds"] > 0
+  assert m["flops"] == max(m["flops_cost_analysis_x_trips"], m["flops_analytic_lstm_fwd_bwd"])
+  np.testing.assert_allclose(m["coord_steps_per_second"], 4 * 4 * 3 / m["seconds"])
+  np.testing.assert_allclose(m["fraction_of_matmul"],
+                             m["flops"] / m["seconds"] / m["matmul_flop_rate"])
+  r = bench.bench_rule_step(1000, 2, 128)
+  for key in ("seconds", "adam_seconds", "seconds_without_donation", "matmul_flop_rate"):
+    assert r[key] > 0, key
+  np.testing.assert_allclose(r["ns_per_param"], r["seconds"] / 1000 * 1e9)
+  np.testing.assert_allclose(r["fraction_of_matmul"],
+                             r["flops"] / r["seconds"] / r["matmul_flop_rate"])
