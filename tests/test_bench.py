@@ -47,3 +47,9 @@ def test_bench_rows_have_the_documented_fields_and_consistent_ratios():
   np.testing.assert_allclose(r["ns_per_param"], r["seconds"] / 1000 * 1e9)
   np.testing.assert_allclose(r["fraction_of_matmul"],
                              r["flops"] / r["seconds"] / r["matmul_flop_rate"])
+
+
+def test_memory_rows_come_in_pairs_without_and_with_remat():
+  rows = bench.bench_memory("quadratic", QuadraticFamily(dim=4), LSTMConfig(), 4, reps=1)
+  assert [(r["unroll"], r["remat"]) for r in rows] == [(4, False), (4, True)]
+  assert all(r["bytes"] >= r["temp_bytes"] > 0 and r["seconds"] > 0 for r in rows)
