@@ -249,7 +249,8 @@ def main(argv=None) -> dict:
     for m in bench_memory(mem_name, family, config, unroll, 1 if args.quick else 5):
       result["memory"].append(m)
       save()
-      print(f"memory {mem_name} unroll {unroll:>3} remat {remat!s:<5} {m['bytes'] / 2 ** 20:8.1f} MiB  "
+      print(f"memory {mem_name} unroll {unroll:>3} remat {m['remat']!s:<5} "
+            f"{m['bytes'] / 2 ** 20:8.1f} MiB  "
             f"({m['seconds']:.2f} s/meta-step)")
   print(f"wrote {out}")
   return result

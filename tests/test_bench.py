@@ -1,5 +1,7 @@
 """`make bench`'s measurements on tiny shapes: FLOP counts, row fields and ratios."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,3 +55,18 @@ def test_memory_rows_come_in_pairs_without_and_with_remat():
   rows = bench.bench_memory("quadratic", QuadraticFamily(dim=4), LSTMConfig(), 4, reps=1)
   assert [(r["unroll"], r["remat"]) for r in rows] == [(4, False), (4, True)]
   assert all(r["bytes"] >= r["temp_bytes"] > 0 and r["seconds"] > 0 for r in rows)
+
+
+def test_quick_bench_writes_the_documented_layout(tmp_path, monkeypatch):
+  def no_data(name):
+    raise FileNotFoundError(f"no {name} here")
+  monkeypatch.setattr(bench.metaopt.data, "load_dataset", no_data)  # quadratic rows only
+  out = tmp_path / "bench.json"
+  result = bench.main(["--quick", "--out", str(out), "--max-params", "1000"])
+  assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+  assert {"device", "jax_version", "commit", "matmul_flop_rate", "meta_step", "rule_step",
+          "memory"} <= set(result)
+  assert set(result["meta_step"]) == {"quadratic"}
+  assert [r["num_params"] for r in result["rule_step"]] == [1000, 10000, 100000]
+  assert [(r["unroll"], r["remat"]) for r in result["memory"]] == [
+      (10, False), (10, True), (20, False), (20, True)]
