@@ -96,9 +96,9 @@ def learned_step(
     flatten_coordinates: run the network on each leaf's coordinates as one flat
       vector (reshaped back after; the same numbers). Meta-training does: XLA:CPU
       differentiates an unroll through a leaf with a short last axis (a [784, 20]
-      kernel) about 1.7x faster flat. Off by default: flattening a leaf sharded
-      along several axes would make XLA gather it, so the optax transform keeps
-      each leaf's shape and sharding.
+      kernel) faster flat. Off by default: a leaf sharded along several mesh axes
+      loses that sharding when flattened, so the optax transform keeps each
+      leaf's shape and sharding.
 
   Returns:
     ``(updates, new_state)``; add updates to params (``optax.apply_updates``).
