@@ -182,7 +182,7 @@ def map_runs(family: ProblemFamily, fn: Callable, *args: Any) -> Any:
   convolutions, ~3x slower per run on CPU) set ``batch_runs = False`` and get
   ``lax.map``. A single run is neither: ``fn`` runs on it directly and its outputs get
   the leading axis back (vmap's batch axis of size 1 leaves XLA:CPU with transposes
-  between the LSTM's feature-leading arrays: a 1.6x slower MNIST meta-step).
+  between the LSTM's feature-leading arrays: the MNIST meta-step took about 1.5x as long).
 
   Example:
     >>> losses = map_runs(family, lambda task, key: run(task, key), tasks, keys)
