@@ -175,6 +175,25 @@ def loss_curves(optimizer: optax.GradientTransformation, family: ProblemFamily,
   return map_runs(family, one_run, tasks, keys)
 
 
+# A few large runs on a CPU go one after another in the program (see map_runs).
+MAX_RUNS_IN_SEQUENCE = 4
+MIN_ELEMENTS_PER_RUN_IN_SEQUENCE = 2 ** 16
+
+
+def runs_in_sequence(num_runs: int, args: Any) -> bool:
+  """Whether :func:`map_runs` writes each run out in turn instead of vmapping them.
+
+  On a CPU, for at most ``MAX_RUNS_IN_SEQUENCE`` runs of at least
+  ``MIN_ELEMENTS_PER_RUN_IN_SEQUENCE`` array elements each (arguments and state):
+  one such run already fills the cores, and vmapping two MNIST meta-training runs
+  took 574-633 ms per meta-step against 391-410 ms written out in turn (README,
+  "Speed and memory"). On accelerators batching the runs is what fills the chip.
+  """
+  elements = sum(int(jnp.size(a)) for a in jax.tree.leaves(args)) // num_runs
+  return (jax.default_backend() == "cpu" and num_runs <= MAX_RUNS_IN_SEQUENCE
+          and elements >= MIN_ELEMENTS_PER_RUN_IN_SEQUENCE)
+
+
 def map_runs(family: ProblemFamily, fn: Callable, *args: Any) -> Any:
   """``fn`` over the leading (run) axis of ``args``: vmapped, or one run after another.
 
@@ -183,17 +202,21 @@ def map_runs(family: ProblemFamily, fn: Callable, *args: Any) -> Any:
   ``lax.map``. A single run is neither: ``fn`` runs on it directly and its outputs get
   the leading axis back (vmap's batch axis of size 1 leaves XLA:CPU with transposes
   between the LSTM's feature-leading arrays: the MNIST meta-step took about 1.5x as long).
+  A few large runs on a CPU are written out one after another
+  (:func:`runs_in_sequence`). Every way gives the same numbers.
 
   Example:
     >>> losses = map_runs(family, lambda task, key: run(task, key), tasks, keys)
   """
   num_runs = jax.tree.leaves(args)[0].shape[0]
+  run = lambda i: fn(*jax.tree.map(lambda a: a[i], args))
   if num_runs == 1:
-    out = fn(*jax.tree.map(lambda a: a[0], args))
-    return jax.tree.map(lambda a: a[None], out)
-  if getattr(family, "batch_runs", True):
-    return jax.vmap(fn)(*args)
-  return jax.lax.map(lambda a: fn(*a), args)
+    return jax.tree.map(lambda a: a[None], run(0))
+  if not getattr(family, "batch_runs", True):
+    return jax.lax.map(lambda a: fn(*a), args)
+  if runs_in_sequence(num_runs, args):
+    return jax.tree.map(lambda *outs: jnp.stack(outs), *[run(i) for i in range(num_runs)])
+  return jax.vmap(fn)(*args)
 
 
 @functools.partial(jax.jit, static_argnames=("make_optimizer", "num_steps"))

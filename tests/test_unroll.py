@@ -1,3 +1,5 @@
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -135,32 +137,38 @@ def test_reused_gradient_gives_the_plain_autodiff_first_order_meta_gradient(phi)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6), got, expected)
 
 
-def test_a_single_run_is_not_vmapped_but_gives_what_vmap_gives(phi):
-  # map_runs calls fn directly on one run (vmap's size-1 batch axis slows XLA:CPU); the
-  # outputs, their leading axis and the meta-gradient must be those of the vmapped run.
+@pytest.mark.parametrize("num_runs", [1, 2])
+def test_unvmapped_runs_give_what_vmap_gives(num_runs, monkeypatch):
+  # map_runs calls fn directly on one run (vmap's size-1 batch axis slows XLA:CPU) and writes
+  # a few large runs out in turn on a CPU (here forced on tiny runs); outputs, their leading
+  # axis and the meta-gradient must be those of the vmapped runs.
+  unroll_lib = sys.modules["metaopt.unroll"]  # metaopt.unroll is also the function's name
   from metaopt.problems import MLPFamily
-  from metaopt.unroll import map_runs
+  monkeypatch.setattr(unroll_lib, "MIN_ELEMENTS_PER_RUN_IN_SEQUENCE", 0)
   rng = np.random.default_rng(0)
   fam = MLPFamily.from_arrays(rng.integers(0, 256, (64, 4, 4, 1), dtype=np.uint8),
                               rng.integers(0, 10, 64), hidden_sizes=(3,), batch_size=8)
   config = metaopt.LSTMConfig(preprocessing="log_sign", output_scale=0.5)
   phi = jax.tree.map(lambda x: 3.0 * x, metaopt.init_meta_params(config, jax.random.key(3)))
-  tasks, keys = metaopt.sample_tasks(fam, jax.random.key(0), 1)
+  tasks, keys = metaopt.sample_tasks(fam, jax.random.key(0), num_runs)
+  assert unroll_lib.runs_in_sequence(num_runs, (tasks, keys)) == (jax.default_backend() == "cpu")
+  assert not unroll_lib.runs_in_sequence(unroll_lib.MAX_RUNS_IN_SEQUENCE + 1, (tasks, keys))
 
   def run(phi, task, key):
-    rule = learned_rule(phi, config)
+    rule = learned_rule(phi, config, flatten_coordinates=True)
     state, losses = unroll(rule, fam, task, init_unroll(rule, fam, task, key), 5)
     return jnp.sum(losses), state
 
   def total(phi, mapper):
     totals, states = mapper(lambda t, k: run(phi, t, k), tasks, keys)
-    return totals[0], (totals, states)
+    return jnp.sum(totals), (totals, states)
 
   (a, (totals, states)), grad = jax.jit(jax.value_and_grad(
-      lambda p: total(p, lambda fn, *args: map_runs(fam, fn, *args)), has_aux=True))(phi)
+      lambda p: total(p, lambda fn, *args: unroll_lib.map_runs(fam, fn, *args)),
+      has_aux=True))(phi)
   (b, (totals_v, states_v)), grad_v = jax.jit(jax.value_and_grad(
       lambda p: total(p, lambda fn, *args: jax.vmap(fn)(*args)), has_aux=True))(phi)
-  assert totals.shape == (1,)
+  assert totals.shape == (num_runs,)
   assert jax.tree.map(jnp.shape, states) == jax.tree.map(jnp.shape, states_v)
   np.testing.assert_allclose(a, b, rtol=1e-5)
   numbers = lambda s, g: jax.tree.leaves((s._replace(key=jax.random.key_data(s.key)), g))
