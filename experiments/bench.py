@@ -28,22 +28,28 @@ from metaopt.networks import LSTMConfig
 from metaopt.problems import MLPFamily, QuadraticFamily
 
 
-def _median_seconds(fn, *args, reps: int) -> float:
-  jax.block_until_ready(fn(*args))  # warm-up
-  times = []
+def _alternated_median_seconds(calls, reps: int) -> list[float]:
+  """Median seconds of each no-argument call, after a warm-up, the calls alternated per round."""
+  for call in calls:
+    jax.block_until_ready(call())  # warm-up
+  times = [[] for _ in calls]
   for _ in range(reps):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
+    for call, call_times in zip(calls, times):
+      t = time.perf_counter()
+      jax.block_until_ready(call())
+      call_times.append(time.perf_counter() - t)
+  return [statistics.median(call_times) for call_times in times]
+
+
+def _median_seconds(fn, *args, reps: int) -> float:
+  return _alternated_median_seconds([lambda: fn(*args)], reps)[0]
 
 
 def _matmul_call(n: int, precision=None):
-  """A jitted dense f32 n x n product, warmed up, as a no-argument call."""
+  """A jitted dense f32 n x n product as a no-argument call."""
   a = jax.random.normal(jax.random.key(0), (n, n))
   b = jax.random.normal(jax.random.key(1), (n, n))
   matmul = jax.jit(lambda x, y: jnp.matmul(x, y, precision=precision))
-  jax.block_until_ready(matmul(a, b))
   return lambda: matmul(a, b)
 
 
@@ -64,15 +70,8 @@ def _median_seconds_beside_matmul(fn, reps: int, matmul_size: int) -> tuple[floa
   few seconds halved the MNIST meta-step but not the matmul); alternating the two
   and taking medians over ``reps`` pairs puts both under the same conditions.
   """
-  matmul = _matmul_call(matmul_size)
-  jax.block_until_ready(fn())  # warm-up
-  fn_times, matmul_times = [], []
-  for _ in range(reps):
-    for call, times in ((matmul, matmul_times), (fn, fn_times)):
-      t = time.perf_counter()
-      jax.block_until_ready(call())
-      times.append(time.perf_counter() - t)
-  return statistics.median(fn_times), 2 * matmul_size ** 3 / statistics.median(matmul_times)
+  matmul_seconds, seconds = _alternated_median_seconds([_matmul_call(matmul_size), fn], reps)
+  return seconds, 2 * matmul_size ** 3 / matmul_seconds
 
 
 def _flops(compiled) -> float:
@@ -172,20 +171,12 @@ def bench_memory(name, family, config, unroll, reps: int = 3) -> list[dict]:
     temp = int(getattr(mem, "temp_size_in_bytes", 0))
     args = int(getattr(mem, "argument_size_in_bytes", 0))
     out = int(getattr(mem, "output_size_in_bytes", 0))
-    jax.block_until_ready(compiled(family, state))  # warm-up
     rows.append({"problem": name, "unroll": unroll, "remat": remat, "bytes": temp + args + out,
-                 "temp_bytes": temp,
-                 "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
+                 "temp_bytes": temp})
     calls.append(lambda compiled=compiled, state=state: compiled(family, state))
-  times = [[], []]
-  for _ in range(reps):
-    for call, t_list in zip(calls, times):
-      t = time.perf_counter()
-      jax.block_until_ready(call())
-      t_list.append(time.perf_counter() - t)
-  for row, t_list in zip(rows, times):
-    row["seconds"] = statistics.median(t_list)
-  return rows
+  seconds = _alternated_median_seconds(calls, reps)
+  peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the process's peak
+  return [{**row, "seconds": s, "peak_rss_bytes": peak_rss} for row, s in zip(rows, seconds)]
 
 
 def main(argv=None) -> dict:

@@ -186,7 +186,7 @@ def runs_in_sequence(num_runs: int, args: Any) -> bool:
   On a CPU, for at most ``MAX_RUNS_IN_SEQUENCE`` runs of at least
   ``MIN_ELEMENTS_PER_RUN_IN_SEQUENCE`` array elements each (arguments and state):
   one such run already fills the cores, and vmapping two MNIST meta-training runs
-  took 574-633 ms per meta-step against 391-410 ms written out in turn (README,
+  took 574-633 ms per meta-step against 396-429 ms written out in turn (README,
   "Speed and memory"). On accelerators batching the runs is what fills the chip.
   """
   elements = sum(int(jnp.size(a)) for a in jax.tree.leaves(args)) // num_runs
