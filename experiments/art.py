@@ -1,4 +1,5 @@
-"""The paper's section 3.4: Neural Art, trained at 64x64 on one style, tested at 128x128 on a new one.
+"""The paper's section 3.4: Neural Art, trained at 64x64 on one style, tested at 128x128 on a new
+one.
 
 Content images: CIFAR-10 photographs upscaled (bilinear) to the problem's
 resolution; meta-training, validation and baseline tuning use training images,
@@ -20,16 +21,18 @@ import pathlib
 import jax
 import numpy as np
 
-from metaopt import experiment
+from metaopt import command_line
+from metaopt.baselines import BASELINES
+from metaopt.checkpoint import load_meta_params
 from metaopt.data import load_dataset
 from metaopt.experiment import TEST_SET, ExperimentConfig, Variant
-from metaopt.meta_train import MetaTrainConfig
+from metaopt.config import MetaTrainConfig
 from metaopt.networks import LSTMConfig
 from metaopt.problems.art import ArtFamily, resize_images
 from metaopt.problems.features import random_features, vgg16_from_npz
-from metaopt.rule import rule_factory
-from metaopt.baselines import BASELINES
-from metaopt.checkpoint import load_meta_params
+from metaopt.rule import learned_rule
+from metaopt.truncation import Truncation
+from metaopt.validation import Validation
 from metaopt.unroll import jitted_loss_curves, sample_tasks
 
 NUM_TRAIN_CONTENTS = 2000
@@ -62,9 +65,10 @@ def config(quick: bool = False, data_dir: str | None = None) -> ExperimentConfig
   lstm = LSTMConfig(hidden_sizes=(20, 20), preprocessing="log_sign", preprocess_p=10.0,
                     output_scale=0.1)
   train = MetaTrainConfig(
-      horizon=steps, unroll_length=8 if quick else 32, batch_size=2,
+      truncation=Truncation(horizon=steps, unroll_length=8 if quick else 32), batch_size=2,
       num_meta_steps=4 if quick else 200, meta_learning_rate=3e-3, clip_norm=1.0,
-      valid_every=2 if quick else 50, num_valid_problems=2 if quick else 4, collapse_factor=1.5)
+      validation=Validation(every=2 if quick else 50, num_problems=2 if quick else 4,
+                            collapse_factor=1.5))
   variants = (
       Variant("train_style_64", art(ds.test_images, style["train"], small), steps),
       Variant("new_style_128", art(ds.test_images, style["new"], large), steps, retune=True,
@@ -83,27 +87,30 @@ def config(quick: bool = False, data_dir: str | None = None) -> ExperimentConfig
 
 def picture_grid(cfg: ExperimentConfig, summary: dict, phi, path: pathlib.Path,
                  num_images: int = 3) -> None:
-  """Rows: content | style | LSTM result | best baseline result, for each variant's first test runs."""
+  """Rows: content | style | LSTM result | best baseline result, for each variant's first test
+  runs."""
   import PIL.Image
   rows, style_images = [], styles()
   for variant, style in zip(cfg.all_variants(), (style_images["train"], style_images["new"])):
     opts = summary["variants"][variant.name]["optimizers"]
     best = min((n for n in opts if n in BASELINES or n.removesuffix("_retuned") in BASELINES),
-               key=lambda n: np.inf if opts[n]["final_loss_mean"] is None else opts[n]["final_loss_mean"])
-    tasks, keys = sample_tasks(variant.family, jax.random.fold_in(jax.random.key(cfg.seed), TEST_SET),
-                               cfg.num_test_problems)
+               key=lambda n: (np.inf if opts[n]["final_loss_mean"] is None
+                              else opts[n]["final_loss_mean"]))
+    test_key = jax.random.fold_in(jax.random.key(cfg.seed), TEST_SET)
+    tasks, keys = sample_tasks(variant.family, test_key, cfg.num_test_problems)
     num = min(num_images, cfg.num_test_problems)
     tasks, keys = jax.tree.map(lambda x: x[:num], (tasks, keys))
     run = lambda make, args: np.asarray(jitted_loss_curves(make, variant.family, tasks, keys,
                                                            variant.steps, args)[1][0])
-    lstm = run(rule_factory(cfg.lstm), (phi,))
+    lstm = run(learned_rule, (phi, cfg.lstm))
     base = run(BASELINES[best.removesuffix("_retuned")],
                (opts[best]["hyperparameters"]["learning_rate"],))
     size = variant.family.contents.shape[1]
     style_tile = resize_images(style[None], size)[0] / 255.0
     for i in range(num):
       tiles = [np.asarray(tasks.content[i]), style_tile, lstm[i], base[i]]
-      tiles = [resize_images((np.clip(t, 0, 1)[None] * 255).astype(np.uint8), 128)[0] for t in tiles]
+      tiles = [resize_images((np.clip(t, 0, 1)[None] * 255).astype(np.uint8), 128)[0]
+               for t in tiles]
       rows.append(np.concatenate(tiles, axis=1))
     print(f"picture grid {variant.name}: content | style | lstm | {best}")
   PIL.Image.fromarray(np.concatenate(rows, axis=0)).save(path, quality=90)
@@ -117,7 +124,7 @@ def write_grid(cfg: ExperimentConfig, summary: dict, out: pathlib.Path) -> None:
 
 
 def main(argv=None) -> dict:
-  return experiment.main("art", config, argv, __doc__, data=True, after=write_grid)
+  return command_line.main("art", config, argv, __doc__, data=True, after=write_grid)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ import optax
 
 import metaopt
 from metaopt.evaluate import git_commit, malloc_in_use
-from metaopt.meta_train import MetaTrainConfig, init_train_state, make_meta_step
+from metaopt.config import MetaTrainConfig
+from metaopt.meta_step import prepare
+from metaopt.truncation import Truncation
 from metaopt.networks import LSTMConfig
 from metaopt.problems import MLPFamily, QuadraticFamily
 
@@ -96,9 +98,9 @@ def bench_meta_step(name, family, config, batch_size, unroll, reps, matmul_size)
   The fraction of the matmul rate uses a matmul timed alternately with the meta-step
   (``matmul_flop_rate`` of the row).
   """
-  cfg = MetaTrainConfig(unroll_length=unroll, horizon=unroll * 5, batch_size=batch_size)
-  state = init_train_state(family, config, cfg)
-  step = make_meta_step(config, cfg)
+  cfg = MetaTrainConfig(truncation=Truncation(horizon=unroll * 5, unroll_length=unroll),
+                        batch_size=batch_size)
+  _, _, state, step = prepare(family, config, cfg)
   t = time.perf_counter()
   compiled = step.lower(family, state).compile()
   compile_seconds = time.perf_counter() - t
@@ -106,7 +108,7 @@ def bench_meta_step(name, family, config, batch_size, unroll, reps, matmul_size)
                                                        matmul_size)
   # XLA counts a while-loop body once: the scan body runs `unroll` times.
   loop_flops = _flops(compiled)
-  coords = sum(x.size for x in jax.tree.leaves(state.runs.params)) // batch_size
+  coords = sum(x.size for x in jax.tree.leaves(state.runs.states.params)) // batch_size
   analytic = 3 * lstm_flops_per_coordinate_step(config) * coords * batch_size * unroll
   flops = max(loop_flops * unroll, analytic)
   return {
@@ -164,9 +166,10 @@ def bench_memory(name, family, config, unroll, reps: int = 3) -> list[dict]:
   """
   rows, calls = [], []
   for remat in (False, True):
-    cfg = MetaTrainConfig(unroll_length=unroll, horizon=unroll, batch_size=1, remat=remat)
-    state = init_train_state(family, config, cfg)
-    compiled = make_meta_step(config, cfg).lower(family, state).compile()
+    cfg = MetaTrainConfig(truncation=Truncation(horizon=unroll, unroll_length=unroll),
+                          batch_size=1, remat=remat)
+    _, _, state, step = prepare(family, config, cfg)
+    compiled = step.lower(family, state).compile()
     mem = compiled.memory_analysis()
     temp = int(getattr(mem, "temp_size_in_bytes", 0))
     args = int(getattr(mem, "argument_size_in_bytes", 0))
@@ -219,7 +222,8 @@ def main(argv=None) -> dict:
     m = result["meta_step"][name] = bench_meta_step(name, family, config, batch, 20,
                                                     3 * reps, matmul_size)
     save()
-    print(f"meta-step {name:<13} {m['seconds'] * 1e3:8.1f} ms  compile {m['compile_seconds']:.1f} s  "
+    print(f"meta-step {name:<13} {m['seconds'] * 1e3:8.1f} ms  "
+          f"compile {m['compile_seconds']:.1f} s  "
           f"{m['coord_steps_per_second'] / 1e6:.2f} M coord-steps/s  "
           f"{m['flop_rate'] / 1e9:.1f} GFLOP/s = {100 * m['fraction_of_matmul']:.1f}% of matmul "
           f"({m['matmul_flop_rate'] / 1e9:.1f} GFLOP/s beside it)")
@@ -229,7 +233,8 @@ def main(argv=None) -> dict:
     r = bench_rule_step(n, reps, matmul_size)
     result["rule_step"].append(r)
     save()
-    print(f"rule step {n:>9} params  {r['seconds'] * 1e3:9.3f} ms  ({r['ns_per_param']:.2f} ns/param, "
+    print(f"rule step {n:>9} params  {r['seconds'] * 1e3:9.3f} ms  "
+          f"({r['ns_per_param']:.2f} ns/param, "
           f"{100 * r['fraction_of_matmul']:.1f}% of matmul; without donation "
           f"{r['seconds_without_donation'] * 1e3:.3f} ms)  adam {r['adam_seconds'] * 1e3:.3f} ms")
     n *= 10

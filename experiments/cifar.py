@@ -24,13 +24,16 @@ import dataclasses
 import numpy as np
 
 from experiments import generalize
-from metaopt import experiment
+from metaopt import command_line
 from metaopt.data import load_dataset
 from metaopt.experiment import ExperimentConfig, ExtraRule, Variant
-from metaopt.meta_train import MetaTrainConfig
+from metaopt.config import MetaTrainConfig
 from metaopt.networks import GroupedLSTMConfig, LSTMConfig
+from metaopt.objectives import Imitation, Objective
 from metaopt.problems.classification import classification_metrics
 from metaopt.problems.conv import CONV_GROUPS, ConvFamily, select_classes
+from metaopt.truncation import Truncation
+from metaopt.validation import Validation
 
 NUM_META_TRAIN_IMAGES = 40000          # the rest of the 50000 training images is held out
 SUB_TRAIN_CLASSES = (0, 1, 2, 3, 4)    # lstm_sub's meta-training labels
@@ -42,7 +45,7 @@ PAPER_LSTM, RNNPROP_LSTM = generalize.PAPER_LSTM, generalize.GENERAL_LSTM
 # Chen et al. (2020): half of the meta-training runs follow Adam at the rate tuned for CIFAR-10
 # on the meta-training images (0.01 in every run of this experiment), scored by the rule's
 # relative distance to Adam's updates.
-IMITATION = dict(imitation_prob=0.5, imitation_learning_rate=0.01)
+IMITATION = Imitation(prob=0.5, learning_rate=0.01)
 
 
 def two_lstms(lstm: LSTMConfig) -> GroupedLSTMConfig:
@@ -53,35 +56,36 @@ def two_lstms(lstm: LSTMConfig) -> GroupedLSTMConfig:
 def train_configs(quick: bool = False) -> tuple[MetaTrainConfig, MetaTrainConfig]:
   """Meta-training settings: ``(the paper's, the same with imitation of Adam)``."""
   paper = MetaTrainConfig(
-      horizon=20 if quick else 100, unroll_length=10 if quick else 20,
+      truncation=Truncation(horizon=20 if quick else 100, unroll_length=10 if quick else 20),
       batch_size=1,
-      num_meta_steps=6 if quick else 150,      # ~5 minutes per rule on 2 CPU cores
+      num_meta_steps=6 if quick else 150,
       meta_learning_rate=3e-3,
       clip_norm=1.0,
-      valid_every=3 if quick else 50,
-      num_valid_problems=2 if quick else 3,
-      collapse_factor=1.5,
+      validation=Validation(every=3 if quick else 50, num_problems=2 if quick else 3,
+                            collapse_factor=1.5),
   )
-  return paper, dataclasses.replace(paper, **IMITATION)
+  return paper, dataclasses.replace(paper, objective=Objective(imitation=IMITATION))
 
 
 def config(quick: bool = False, data_dir: str | None = None) -> ExperimentConfig:
   """The paper's CIFAR settings; ``quick`` shrinks the net, meta-training and evaluation."""
   ds = load_dataset("cifar10", data_dir)
   net = dict(batch_size=32, channels=(8,), fc_size=16) if quick else dict(batch_size=128)
-  train_x, train_y = ds.train_images[:NUM_META_TRAIN_IMAGES], ds.train_labels[:NUM_META_TRAIN_IMAGES]
+  train_x = ds.train_images[:NUM_META_TRAIN_IMAGES]
+  train_y = ds.train_labels[:NUM_META_TRAIN_IMAGES]
   held_x, held_y = ds.train_images[NUM_META_TRAIN_IMAGES:], ds.train_labels[NUM_META_TRAIN_IMAGES:]
   full = ConvFamily.from_arrays(train_x, train_y, **net)
   norm = dict(channel_mean=np.asarray(full.channel_mean), channel_std=np.asarray(full.channel_std))
   family = lambda x, y, classes=None: ConvFamily.from_arrays(x, y, classes=classes, **net, **norm)
 
   paper_train, train = train_configs(quick)
-  steps = train.horizon
+  steps = train.truncation.horizon
 
   def subset(classes):
     test = select_classes(ds.test_images, ds.test_labels, classes)
     # Baselines tuned on the subset's own training images (not CIFAR-10's rates).
-    return dict(family=family(held_x, held_y, classes), tune_family=family(train_x, train_y, classes),
+    return dict(family=family(held_x, held_y, classes),
+                tune_family=family(train_x, train_y, classes),
                 test_data=test, retune=True, reuse_tuned=False)
 
   variants = (
@@ -108,7 +112,7 @@ def config(quick: bool = False, data_dir: str | None = None) -> ExperimentConfig
 
 
 def main(argv=None) -> dict:
-  return experiment.main("cifar", config, argv, __doc__, data=True)
+  return command_line.main("cifar", config, argv, __doc__, data=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Meta-train once on the MNIST base net (one hidden layer of 20 sigmoid units)
 with the generalization options of :class:`metaopt.networks.LSTMConfig` and
-:class:`metaopt.meta_train.MetaTrainConfig`, then evaluate without retraining on
+:class:`metaopt.MetaTrainConfig`, then evaluate without retraining on
 a 10x longer horizon, a ReLU net, two hidden layers, 40 hidden units,
 Fashion-MNIST and an MLP on CIFAR-10 (colour), against Adam and RMSprop tuned
 per task. The paper-faithful MNIST rule (``lstm``, shipped as ``"mnist"``) is
@@ -11,14 +11,17 @@ evaluated next to it. Run: ``make generalize`` (full) or ``QUICK=1 make generali
 
 from __future__ import annotations
 
-from metaopt import experiment
+from metaopt import command_line
 from metaopt.data import load_dataset
 from metaopt.experiment import ExperimentConfig, ExtraRule, Variant
-from metaopt.meta_train import MetaTrainConfig
+from metaopt.config import MetaTrainConfig
 from metaopt.networks import LSTMConfig
+from metaopt.objectives import Imitation, Objective
 from metaopt.problems.augment import AugmentedFamily
 from metaopt.problems.classification import classification_metrics
 from metaopt.problems.mlp import MLPFamily
+from metaopt.truncation import Truncation
+from metaopt.validation import Validation
 
 # Lv et al. (2017) RNNprop inputs (Adam-normalized moments) and tanh-bounded updates.
 GENERAL_LSTM = LSTMConfig(hidden_sizes=(20, 20), preprocessing="rnnprop", output_activation="tanh",
@@ -32,21 +35,20 @@ def train_config(quick: bool = False) -> MetaTrainConfig:
   """Meta-training of the generalizing rule: curriculum 100 -> 1000 steps, log objective,
   imitation of Adam on half the runs (rate drawn per run), Polyak-averaged phi."""
   return MetaTrainConfig(
-      horizon=20 if quick else 100, unroll_length=10 if quick else 20,
-      curriculum=(40,) if quick else (200, 500, 1000),   # Chen et al. (2020)
-      curriculum_patience=1,
-      meta_objective="log_loss",                         # Wichrowska et al. (2017)
+      truncation=Truncation(horizon=20 if quick else 100, unroll_length=10 if quick else 20,
+                            curriculum=(40,) if quick else (200, 500, 1000),  # Chen et al. (2020)
+                            patience=1),
+      # Wichrowska et al. (2017): log losses. Chen et al. (2020): half the runs imitate Adam,
+      # at a rate drawn log-uniformly between Adam's tuned rates for the 1000-step runs (0.01)
+      # and the 100-step runs (0.0316) of the base net, so the rule learns a range of step sizes.
+      objective=Objective(loss="log_loss", imitation=Imitation(
+          prob=0.5, learning_rate=0.01, max_learning_rate=0.0316)),
       batch_size=2,
       num_meta_steps=8 if quick else 1000,
       meta_learning_rate=3e-3,
       clip_norm=1.0,
-      valid_every=2 if quick else 50,
-      num_valid_problems=2 if quick else 8,
-      collapse_factor=1.5,
-      # Chen et al. (2020): half the runs imitate Adam, at a rate drawn log-uniformly between
-      # Adam's tuned rates for the 1000-step runs (0.01) and the 100-step runs (0.0316) of
-      # the base net, so the rule learns a range of step sizes rather than one.
-      imitation_prob=0.5, imitation_learning_rate=0.01, imitation_max_learning_rate=0.0316,
+      validation=Validation(every=2 if quick else 50, num_problems=2 if quick else 8,
+                            collapse_factor=1.5),
       phi_average=0.98,   # Polyak averaging: validation and the result use the mean phi
   )
 
@@ -82,7 +84,7 @@ def config(quick: bool = False, data_dir: str | None = None) -> ExperimentConfig
   paper = ExtraRule("lstm", None, PAPER_LSTM, train, pretrained="mnist")
   return ExperimentConfig(
       name="generalize", family=base, train_family=augment(base), lstm=GENERAL_LSTM,
-      rule_name="lstm_general", train=train, eval_steps=train.horizon,
+      rule_name="lstm_general", train=train, eval_steps=train.truncation.horizon,
       variants=variants(quick, data_dir), extra_rules=(paper,),
       baselines=("adam", "rmsprop"),
       num_test_problems=4 if quick else 64, num_tune_problems=2 if quick else 16,
@@ -92,7 +94,7 @@ def config(quick: bool = False, data_dir: str | None = None) -> ExperimentConfig
 
 
 def main(argv=None) -> dict:
-  return experiment.main("generalize", config, argv, __doc__, data=True)
+  return command_line.main("generalize", config, argv, __doc__, data=True)
 
 
 if __name__ == "__main__":

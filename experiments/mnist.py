@@ -7,12 +7,14 @@ layers and ReLU. Run: ``make mnist`` (full) or ``QUICK=1 make mnist``.
 
 from __future__ import annotations
 
+from metaopt import command_line
 from metaopt.data import load_dataset
-from metaopt import experiment
 from metaopt.experiment import ExperimentConfig, Variant
-from metaopt.meta_train import MetaTrainConfig
+from metaopt.config import MetaTrainConfig
 from metaopt.networks import LSTMConfig
 from metaopt.problems.mlp import MLPFamily, classification_metrics
+from metaopt.truncation import Truncation
+from metaopt.validation import Validation
 
 
 def config(quick: bool = False, data_dir: str | None = None) -> ExperimentConfig:
@@ -23,16 +25,17 @@ def config(quick: bool = False, data_dir: str | None = None) -> ExperimentConfig
   lstm = LSTMConfig(hidden_sizes=(20, 20), preprocessing="log_sign", preprocess_p=10.0,
                     output_scale=0.1)
   train = MetaTrainConfig(
-      horizon=20 if quick else 100, unroll_length=10 if quick else 20,
-      batch_size=2,                             # problems per meta-step (1 collapses: see README)
-      num_meta_steps=10 if quick else 2000,     # ~26 minutes of meta-training on 2 CPU cores
-      meta_learning_rate=6e-3,                  # 3e-3 needs ~3000 meta-steps (README, MNIST)
+      truncation=Truncation(horizon=20 if quick else 100, unroll_length=10 if quick else 20),
+      batch_size=2,                             # problems per meta-step (1 collapses)
+      num_meta_steps=10 if quick else 2000,
+      meta_learning_rate=6e-3,                  # 3e-3 needs ~3000 meta-steps (make mnist-long)
       clip_norm=1.0,
-      valid_every=5 if quick else 100,
-      num_valid_problems=2 if quick else 16,
-      valid_objective="final",                  # keep the phi with the best final loss (see README)
-      valid_horizon_multiple=2,                 # ... scored at steps 100 and 200 of 200-step runs
-      collapse_factor=1.5,                      # restore the best phi if validation degrades 1.5x
+      validation=Validation(
+          every=5 if quick else 100, num_problems=2 if quick else 16,
+          score="final",                        # keep the phi with the best final loss ...
+          horizon_multiple=2,                   # ... scored at steps 100 and 200 of 200-step runs
+          collapse_factor=1.5),                 # restore the best phi if validation degrades 1.5x
+      run_mode="sequential",                    # two large runs: one after the other on a CPU
   )
   steps = 10 if quick else 100
   variants = (
@@ -51,7 +54,7 @@ def config(quick: bool = False, data_dir: str | None = None) -> ExperimentConfig
 
 
 def main(argv=None) -> dict:
-  return experiment.main("mnist", config, argv, __doc__, data=True)
+  return command_line.main("mnist", config, argv, __doc__, data=True)
 
 
 if __name__ == "__main__":

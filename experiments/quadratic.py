@@ -5,23 +5,24 @@ Run: ``make quadratic`` (full) or ``QUICK=1 make quadratic`` / ``--quick`` (seco
 
 from __future__ import annotations
 
-from metaopt import experiment
+from metaopt import command_line
 from metaopt.experiment import ExperimentConfig
-from metaopt.meta_train import MetaTrainConfig
+from metaopt.config import MetaTrainConfig
 from metaopt.networks import LSTMConfig
 from metaopt.problems import QuadraticFamily
+from metaopt.truncation import Truncation
+from metaopt.validation import Validation
 
 
 def config(quick: bool = False) -> ExperimentConfig:
   """The paper's settings; ``quick`` shrinks meta-training and the problem sets."""
   lstm = LSTMConfig(hidden_sizes=(20, 20), preprocessing="none", output_scale=1.0)
   train = MetaTrainConfig(
-      horizon=100, unroll_length=20,           # the paper's runs and truncation
+      truncation=Truncation(horizon=100, unroll_length=20),   # the paper's runs and truncation
       batch_size=128,                          # problems per meta-step
-      num_meta_steps=60 if quick else 1250,    # set by the 3-minute budget on 2 CPU cores
-      meta_learning_rate=3e-3,                 # search over {1e-3, 3e-3, 1e-2}: see README
-      valid_every=20 if quick else 100,
-      num_valid_problems=32 if quick else 128,
+      num_meta_steps=60 if quick else 1250,
+      meta_learning_rate=3e-3,                 # searched over {1e-3, 3e-3, 1e-2}: docs/results.md
+      validation=Validation(every=20 if quick else 100, num_problems=32 if quick else 128),
   )
   return ExperimentConfig(
       name="quadratic", family=QuadraticFamily(dim=10), lstm=lstm, train=train,
@@ -32,7 +33,7 @@ def config(quick: bool = False) -> ExperimentConfig:
 
 
 def main(argv=None) -> dict:
-  return experiment.main("quadratic", config, argv, __doc__)
+  return command_line.main("quadratic", config, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -1,29 +1,36 @@
 """metaopt: learned optimizers in JAX, as optax transforms.
 
 Reproduces Andrychowicz et al., "Learning to learn by gradient descent by
-gradient descent" (NIPS 2016).
-"""
+gradient descent" (NIPS 2016). The public names, one per idea:
 
-from metaopt import checkpoint, data, problems
-from metaopt.checkpoint import list_pretrained, load_meta_params, load_pretrained, save_meta_params
-from metaopt.imitation import ImitationState, imitating
-from metaopt.baselines import BASELINES, tune_baselines, tune_learning_rate
-from metaopt.meta_train import MetaTrainConfig, MetaTrainResult, meta_train
-from metaopt.networks import (CoordinatewiseLSTM, GroupedLSTMConfig, LSTMConfig, config_from_dict,
-                               init_meta_params)
-from metaopt.preprocess import adam_features, log_sign, preprocess
-from metaopt.rule import AdamMoments, LearnedRuleState, init_lstm_state, learned_rule, learned_step
-from metaopt.unroll import (UnrollState, init_unroll, jitted_loss_curves, loss_curves,
-                            sample_tasks, unroll)
+- the learned optimizer: :func:`learned_rule` (an optax transform) and its
+  configuration :class:`LSTMConfig` / :class:`GroupedLSTMConfig`;
+- trained rules: :func:`save_meta_params`, :func:`load_meta_params`,
+  :func:`load_pretrained`, :func:`list_pretrained`;
+- meta-training: :func:`meta_train` with :class:`MetaTrainConfig` and its parts
+  :class:`Truncation`, :class:`Objective`, :class:`Imitation`, :class:`Validation`;
+  the meta-gradient estimator :class:`TruncatedBackprop`;
+- runs of any optax transform: :func:`unroll`, :func:`loss_curves`.
+"""
 
 __version__ = "0.1.0"
 
+from metaopt import checkpoint, problems
+from metaopt.checkpoint import list_pretrained, load_meta_params, load_pretrained, save_meta_params
+from metaopt.config import MetaTrainConfig
+from metaopt.estimators import TruncatedBackprop
+from metaopt.networks import GroupedLSTMConfig, LSTMConfig, init_meta_params
+from metaopt.objectives import Imitation, Objective
+from metaopt.rule import learned_rule
+from metaopt.trainer import MetaTrainingStopped, MetaTrainResult, meta_train
+from metaopt.truncation import Truncation
+from metaopt.unroll import init_unroll, loss_curves, unroll
+from metaopt.validation import Validation
+
 __all__ = [
-    "adam_features", "AdamMoments", "BASELINES", "checkpoint", "config_from_dict",
-    "CoordinatewiseLSTM", "data", "GroupedLSTMConfig", "imitating", "ImitationState",
-    "init_lstm_state", "init_meta_params", "init_unroll", "jitted_loss_curves", "learned_rule",
-    "learned_step", "LearnedRuleState", "list_pretrained", "load_meta_params", "load_pretrained",
-    "log_sign", "loss_curves", "LSTMConfig", "meta_train", "MetaTrainConfig", "MetaTrainResult",
-    "preprocess", "problems", "sample_tasks", "save_meta_params", "tune_baselines",
-    "tune_learning_rate", "unroll", "UnrollState",
+    "checkpoint", "GroupedLSTMConfig", "Imitation", "init_meta_params", "init_unroll",
+    "learned_rule", "list_pretrained", "load_meta_params", "load_pretrained", "loss_curves",
+    "LSTMConfig", "meta_train", "MetaTrainConfig", "MetaTrainingStopped", "MetaTrainResult",
+    "Objective", "problems", "save_meta_params", "Truncation", "TruncatedBackprop", "unroll",
+    "Validation",
 ]

@@ -5,169 +5,22 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import os
 import pathlib
 import time
 from types import SimpleNamespace
-from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
 
-from metaopt.baselines import BASELINES, DEFAULT_GRID, tune_baselines
+from metaopt.baselines import BASELINES, tune_baselines
 from metaopt.checkpoint import load_meta_params, load_pretrained, save_meta_params
 from metaopt.evaluate import format_table, make_summary, plot_curves, summarize_curves, write_summary
-from metaopt.meta_train import MetaTrainConfig, meta_train
-from metaopt.networks import RuleConfig
-from metaopt.problems.base import ProblemFamily
-from metaopt.rule import rule_factory
+from metaopt.experiment_config import TEST_SET, TUNE_SET, ExperimentConfig, ExtraRule, Variant
+from metaopt.rule import learned_rule
+from metaopt.trainer import meta_train
 from metaopt.unroll import jitted_loss_curves, sample_tasks
-
-# Seeds of the problem sets (meta-training draws from its own seed).
-TUNE_SET, TEST_SET = 1, 2
-
-# (family, test data, final params, final model state of one run) -> {metric name: scalar},
-# e.g. test accuracy.
-TestMetrics = Callable[[ProblemFamily, Any, Any, Any], dict]
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-  """One evaluation setting: a problem family and a horizon.
-
-  Attributes:
-    name: the variant's key in ``summary.json``.
-    family: the problems of this variant's test runs (the LSTM is not retrained on them).
-    steps: the horizon of its test runs.
-    retune: also report the baselines re-tuned on this variant, as ``<name>_retuned``.
-    tune_family: where re-tuning runs draw their problems (default ``family``), e.g.
-      the training images when ``family`` holds out images for testing.
-    test_data: this variant's ``test_data`` for ``test_metrics`` (default the experiment's),
-      e.g. the test images of a label subset.
-    reuse_tuned: also evaluate the baselines at the rates tuned on the experiment's
-      family. With ``retune=True, reuse_tuned=False`` only the baselines re-tuned
-      on this variant are evaluated, under their plain names.
-  """
-
-  name: str
-  family: ProblemFamily
-  steps: int
-  retune: bool = False
-  tune_family: ProblemFamily | None = None
-  test_data: Any = None
-  reuse_tuned: bool = True
-
-
-@dataclasses.dataclass(frozen=True)
-class ExtraRule:
-  """Another learned rule meta-trained and evaluated in the same experiment.
-
-  E.g. the CIFAR experiment's single shared LSTM (``lstm_shared``) next to the
-  two-LSTM rule, or ``lstm_sub`` meta-trained on other classes for a transfer test.
-
-  Attributes:
-    name: its optimizer name in ``summary.json`` (and ``<name>.msgpack``).
-    family: its meta-training family.
-    lstm: its network configuration.
-    train: its meta-training settings.
-    variants: names of the variants it is evaluated on (None: all).
-    pretrained: evaluate this already trained rule instead of meta-training one: a
-      shipped name (:func:`metaopt.checkpoint.list_pretrained`) or a ``.msgpack`` path,
-      which must have been made for ``lstm``.
-    valid_family: where its validation problems come from (default ``family``).
-    optional: run only when named in ``--rules`` / ``RULES`` (e.g. a costly reference
-      rule kept out of the default run's time budget).
-  """
-
-  name: str
-  family: ProblemFamily | None
-  lstm: RuleConfig
-  train: MetaTrainConfig
-  variants: tuple[str, ...] | None = None
-  pretrained: str | None = None
-  valid_family: ProblemFamily | None = None
-  optional: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class ExperimentConfig:
-  """An experiment: meta-train on ``family``, evaluate on each variant.
-
-  Attributes:
-    name: experiment name (used in ``summary.json``).
-    family: the meta-training family; the baselines are tuned on it too.
-    lstm: the learned rule's network configuration.
-    train: meta-training settings.
-    eval_steps: horizon of the baselines' tuning runs and of the default variant.
-    variants: evaluation settings (default: one variant ``base`` = ``family``, ``eval_steps``).
-    num_test_problems: held-out test runs per variant (fresh tasks and run keys).
-    num_tune_problems: validation runs for the baselines' learning-rate search.
-    baselines: names from :data:`metaopt.baselines.BASELINES`.
-    lr_grid: the initial log-spaced learning-rate grid.
-    test_metrics: optional metrics of each run's final parameters (e.g. test accuracy),
-      ``test_metrics(family, test_data, params, model_state) -> {name: scalar}``.
-    test_data: a pytree of arrays handed to ``test_metrics`` (e.g. the test images).
-    seed: seeds the tuning and test sets.
-    extra_rules: more learned rules to meta-train and evaluate (:class:`ExtraRule`).
-    rule_name: the main rule's name in ``summary.json`` (and ``<rule_name>.msgpack``).
-    train_family: the main rule's meta-training problems, if not ``family`` (e.g. an
-      :class:`metaopt.problems.AugmentedFamily` of it); validation uses ``family``.
-    info: more JSON fields for ``summary.json`` (e.g. which feature network was used).
-  """
-
-  name: str
-  family: ProblemFamily
-  lstm: RuleConfig
-  train: MetaTrainConfig
-  eval_steps: int = 100
-  variants: Sequence[Variant] | None = None
-  num_test_problems: int = 128
-  num_tune_problems: int = 128
-  baselines: Sequence[str] = tuple(BASELINES)
-  lr_grid: Sequence[float] = DEFAULT_GRID
-  test_metrics: TestMetrics | None = None
-  test_data: Any = None
-  seed: int = 0
-  extra_rules: Sequence[ExtraRule] = ()
-  rule_name: str = "lstm"
-  train_family: ProblemFamily | None = None
-  info: dict = dataclasses.field(default_factory=dict)
-
-  def __post_init__(self):
-    unknown = [b for b in self.baselines if b not in BASELINES]
-    if unknown:
-      raise ValueError(f"ExperimentConfig.baselines: unknown {unknown}; allowed {sorted(BASELINES)}")
-    grid = [float(r) for r in self.lr_grid]
-    if len(grid) < 3 or min(grid) <= 0:
-      raise ValueError(f"ExperimentConfig.lr_grid must hold at least 3 positive learning rates, "
-                       f"got {list(self.lr_grid)}")
-    for name in ("eval_steps", "num_test_problems", "num_tune_problems"):
-      if int(getattr(self, name)) <= 0:
-        raise ValueError(f"ExperimentConfig.{name} must be a positive integer, got "
-                         f"{getattr(self, name)!r}")
-    for v in self.all_variants():
-      if int(v.steps) <= 0:
-        raise ValueError(f"variant {v.name!r}: steps must be a positive integer, got {v.steps!r}")
-      if not (v.reuse_tuned or v.retune):
-        raise ValueError(f"variant {v.name!r}: reuse_tuned=False needs retune=True (else no "
-                         "baseline is evaluated)")
-    names = [v.name for v in self.all_variants()]
-    if len(set(names)) != len(names):
-      raise ValueError(f"ExperimentConfig.variants: duplicate names in {names}")
-    rules = [self.rule_name] + [r.name for r in self.extra_rules]
-    if len(set(rules)) != len(rules) or set(rules) & set(BASELINES):
-      raise ValueError(f"ExperimentConfig.extra_rules: names must be distinct and differ from "
-                       f"{self.rule_name!r} and the baselines, got {rules[1:]}")
-    for r in self.extra_rules:
-      unknown = sorted(set(r.variants or ()) - set(names))
-      if unknown:
-        raise ValueError(f"ExtraRule {r.name!r}: unknown variants {unknown}; variants are {names}")
-
-  def all_variants(self) -> tuple[Variant, ...]:
-    return tuple(self.variants) if self.variants else (Variant("base", self.family, self.eval_steps),)
 
 
 def _summarize(cfg: ExperimentConfig, variant: Variant, curves, final, hyperparameters) -> dict:
@@ -211,7 +64,7 @@ def evaluate_variant(cfg: ExperimentConfig, variant: Variant, rules: dict, tuned
                                        variant.steps, args)
     return _summarize(cfg, variant, curves, final, hyperparameters)
 
-  optimizers = {name: run(rule_factory(config), (phi,), hyper)
+  optimizers = {name: run(learned_rule, (phi, config), hyper)
                 for name, (config, phi, hyper) in rules.items()}
   sets = [("", tuned)] if variant.reuse_tuned else []
   if variant.retune:
@@ -239,7 +92,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | pathlib.Path,
   newest good checkpoint.
 
   Returns:
-    The summary dict (schema of DESIGN.md section 6).
+    The summary dict (the results schema of docs/design.md).
   """
   out_dir = pathlib.Path(out_dir)
   main_rule = ExtraRule(cfg.rule_name, cfg.train_family or cfg.family, cfg.lstm, cfg.train,
@@ -253,12 +106,12 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | pathlib.Path,
     folder = checkpoint_dir
     if checkpoint_dir is not None and rule is not main_rule:
       folder = pathlib.Path(checkpoint_dir) / rule.name
-    result = meta_train(rule.family, rule.lstm, rule.train, progress=progress,
-                        checkpoint_dir=folder, resume=resume, valid_family=rule.valid_family)
+    result = meta_train(rule.family, rule.lstm, rule.train, valid_family=rule.valid_family,
+                        checkpoint_dir=folder, resume=resume, progress=progress)
     print(f"meta-training {rule.name}: {result.seconds:.1f} s, best validation loss "
           f"{result.best_valid_loss:.4g}, skipped meta-steps {result.num_skipped}")
     save_meta_params(out_dir / f"{rule.name}.msgpack", result.phi, rule.lstm,
-                     {"experiment": cfg.name, "train": dataclasses.asdict(rule.train),
+                     {"experiment": cfg.name, "train": rule.train.to_dict(),
                       "best_valid_loss": result.best_valid_loss})
     trained[rule.name] = (rule, result)
     if rule is not main_rule:
@@ -314,73 +167,7 @@ def _summary(cfg: ExperimentConfig, variants: dict, trained: dict, extra: dict,
 
 def _training_record(rule: ExtraRule, result) -> dict:
   return {"meta_train_seconds": result.seconds, "lstm_config": rule.lstm.to_dict(),
-          "meta_train_config": dataclasses.asdict(rule.train),
-          "meta_train_history": {k: v for k, v in result.history.items() if k != "meta_loss"}
+          "meta_train_config": rule.train.to_dict(),
+          "meta_train_history": {k: v for k, v in dataclasses.asdict(result.history).items()
+                                 if k != "meta_loss"}
           | {"num_skipped": result.num_skipped}}
-
-
-def only_extra_rules(cfg: ExperimentConfig, names: Sequence[str]) -> ExperimentConfig:
-  """``cfg`` with only the named extra rules (e.g. to run one row of an ablation).
-
-  Example:
-    >>> cfg = only_extra_rules(cfg, ["lstm_imitation"])
-  """
-  known = [r.name for r in cfg.extra_rules]
-  unknown = sorted(set(names) - set(known))
-  if unknown:
-    raise ValueError(f"only_extra_rules: unknown rules {unknown}; experiment {cfg.name!r} "
-                     f"has {known}")
-  return dataclasses.replace(cfg, extra_rules=tuple(r for r in cfg.extra_rules if r.name in names))
-
-
-def default_extra_rules(cfg: ExperimentConfig) -> ExperimentConfig:
-  """``cfg`` without its optional extra rules (what a run without ``--rules`` trains).
-
-  Example:
-    >>> cfg = default_extra_rules(cfg)   # e.g. make cifar without lstm_paper
-  """
-  return dataclasses.replace(cfg, extra_rules=tuple(r for r in cfg.extra_rules if not r.optional))
-
-
-def main(name: str, make_config: Callable[..., ExperimentConfig], argv=None,
-         doc: str | None = None, data: bool = False,
-         after: Callable[[ExperimentConfig, dict, pathlib.Path], None] | None = None) -> dict:
-  """Command line shared by ``experiments/*.py``: --quick, --out, --resume, --data-dir, --rules.
-
-  ``QUICK=1``, ``RESUME=1`` and ``RULES=a,b`` in the environment act like the flags
-  (the Makefile passes them through). Checkpoints go to ``.cache/checkpoints/<out>``.
-  ``after(cfg, summary, out_dir)`` runs once the results are written (e.g. extra plots).
-  """
-  flag = lambda var: os.environ.get(var, "") not in ("", "0")
-  parser = argparse.ArgumentParser(description=doc)
-  parser.add_argument("--quick", action="store_true", default=flag("QUICK"),
-                      help="reduced run (also QUICK=1); writes to results/quick/")
-  parser.add_argument("--resume", action="store_true", default=flag("RESUME"),
-                      help="continue meta-training from the newest good checkpoint (also RESUME=1)")
-  parser.add_argument("--out", default=None, help=f"output folder (default results/[quick/]{name})")
-  parser.add_argument("--no-progress", action="store_true")
-  parser.add_argument("--rules", default=os.environ.get("RULES") or None,
-                      help="comma-separated extra rules to run (also RULES=...); the main rule "
-                           "always runs, the other extra rules are skipped; without it every "
-                           "extra rule but the optional ones runs")
-  if data:
-    parser.add_argument("--data-dir", default=None,
-                        help="folder of the original data files (default $METAOPT_DATA_DIR)")
-  args = parser.parse_args(argv)
-  if args.quick and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    # A quick run is dominated by ~40 XLA compilations of tiny programs: compile them
-    # unoptimized (about 2x faster overall). No effect once JAX's backend has started.
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_backend_optimization_level=0").strip()
-  out = pathlib.Path(args.out or os.path.join("results", "quick" if args.quick else "", name))
-  cfg = make_config(args.quick, args.data_dir) if data else make_config(args.quick)
-  if args.rules:
-    cfg = only_extra_rules(cfg, [r.strip() for r in args.rules.split(",") if r.strip()])
-  else:
-    cfg = default_extra_rules(cfg)
-  checkpoints = pathlib.Path(".cache", "checkpoints", *out.resolve().parts[-2:])
-  summary = run_experiment(cfg, out, progress=not args.no_progress, checkpoint_dir=checkpoints,
-                           resume=args.resume)
-  if after is not None:
-    after(cfg, summary, out)
-  return summary

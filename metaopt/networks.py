@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -52,7 +53,8 @@ class LSTMConfig:
   def __post_init__(self):
     object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
     if not self.hidden_sizes or any(h <= 0 for h in self.hidden_sizes):
-      raise ValueError(f"LSTMConfig.hidden_sizes must be non-empty and positive, got {self.hidden_sizes}")
+      raise ValueError("LSTMConfig.hidden_sizes must be non-empty and positive, "
+                       f"got {self.hidden_sizes}")
     preprocess_lib.num_features(self.preprocessing)  # validates the name
     if self.preprocess_p <= 0:
       raise ValueError(f"LSTMConfig.preprocess_p must be > 0, got {self.preprocess_p}")
@@ -75,10 +77,14 @@ class LSTMConfig:
     return d
 
   @classmethod
-  def from_dict(cls, d: dict) -> "LSTMConfig":
+  def from_dict(cls, d: dict) -> LSTMConfig:
     """Inverse of :meth:`to_dict` (fields missing from older files take their defaults)."""
     return cls(**{**d, "hidden_sizes": tuple(d["hidden_sizes"])})
 
+
+# A pytree without leaves: a config passed to a jitted function is part of its static
+# signature (equal configs share the compiled program).
+jax.tree_util.register_static(LSTMConfig)
 
 OUTPUT_ACTIVATIONS = {"linear": lambda x: x, "tanh": jnp.tanh}
 
@@ -199,7 +205,8 @@ class GroupedLSTMConfig:
                          f"groups are {names}")
       re.compile(pattern)
     if self.default is not None and self.default not in names:
-      raise ValueError(f"GroupedLSTMConfig.default {self.default!r} is not a group; groups are {names}")
+      raise ValueError(f"GroupedLSTMConfig.default {self.default!r} is not a group; "
+                       f"groups are {names}")
 
   def group_of(self, path: str) -> str:
     """The group of the parameter at ``path`` (a ``keystr``)."""
@@ -222,11 +229,13 @@ class GroupedLSTMConfig:
             "assign": [list(a) for a in self.assign], "default": self.default}
 
   @classmethod
-  def from_dict(cls, d: dict) -> "GroupedLSTMConfig":
+  def from_dict(cls, d: dict) -> GroupedLSTMConfig:
     """Inverse of :meth:`to_dict`."""
     return cls(tuple((n, LSTMConfig.from_dict(c)) for n, c in d["groups"].items()),
                tuple(tuple(a) for a in d["assign"]), d.get("default"))
 
+
+jax.tree_util.register_static(GroupedLSTMConfig)
 
 RuleConfig = LSTMConfig | GroupedLSTMConfig
 

@@ -56,7 +56,8 @@ def init_unroll(optimizer: optax.GradientTransformation, family: ProblemFamily,
 
 def unroll(optimizer: optax.GradientTransformation, family: ProblemFamily, task: Task,
            state: UnrollState, num_steps: int, second_order: bool = False,
-           remat: bool = False) -> tuple[UnrollState, jax.Array]:
+           remat: bool = False, probe: Probe | None = None
+           ) -> tuple[UnrollState, jax.Array] | tuple[UnrollState, jax.Array, Any]:
   """Run ``num_steps`` optimizer steps with ``lax.scan``; return the state and the losses.
 
   At step t: ``(f_t, grad_t) = value_and_grad(f)(theta_t)`` on the minibatch of
@@ -74,11 +75,15 @@ def unroll(optimizer: optax.GradientTransformation, family: ProblemFamily, task:
     remat: rematerialize in two levels (``jax.checkpoint`` of chunks of about
       sqrt(num_steps) steps, recomputed one at a time in the backward pass),
       trading one extra forward pass for memory that grows sublinearly.
+    probe: ``probe(grads, params, opt_state) -> pytree`` evaluated at every step before
+      the update (e.g. the distance between a rule's and a teacher's updates, see
+      :mod:`metaopt.objectives`); its values are stacked over steps and returned.
 
   Returns:
     ``(new_state, losses)`` with ``losses[i] = f(theta_{t0+i})`` for
     ``i = 0..num_steps`` (``num_steps + 1`` values; the last one is evaluated on
-    the minibatch the next unroll's first step uses, so truncations chain exactly).
+    the minibatch the next unroll's first step uses, so truncations chain exactly);
+    with a ``probe``, ``(new_state, losses, probed)``.
 
   Example:
     >>> fam = metaopt.problems.QuadraticFamily()
@@ -97,22 +102,30 @@ def unroll(optimizer: optax.GradientTransformation, family: ProblemFamily, task:
       # d loss / d params is grads: reuse it in the meta-backward pass instead of
       # differentiating the optimizee's forward pass a second time.
       loss = value_with_gradient(carry.params, jax.lax.stop_gradient(loss), grads)
+    probed = () if probe is None else probe(grads, carry.params, carry.opt_state)
     updates, opt_state = optimizer.update(grads, carry.opt_state, carry.params)
     params = optax.apply_updates(carry.params, updates)
-    return UnrollState(params, model_state, opt_state, carry.key, carry.step + 1), loss
+    new = UnrollState(params, model_state, opt_state, carry.key, carry.step + 1)
+    return new, (loss, probed)
 
   if remat:
     # Two-level rematerialization: the backward pass keeps only the carry at chunk
     # boundaries and recomputes one chunk at a time, so memory grows ~ sqrt(num_steps).
     chunk = remat_chunk_size(num_steps)
     chunk_body = jax.checkpoint(lambda carry, _: jax.lax.scan(step, carry, length=chunk))
-    state, losses = jax.lax.scan(chunk_body, state, length=num_steps // chunk)
-    losses = losses.reshape(num_steps)
+    state, outs = jax.lax.scan(chunk_body, state, length=num_steps // chunk)
+    outs = jax.tree.map(lambda x: x.reshape((num_steps,) + x.shape[2:]), outs)
   else:
-    state, losses = jax.lax.scan(step, state, length=num_steps)
+    state, outs = jax.lax.scan(step, state, length=num_steps)
+  losses, probed = outs
   final_loss, _ = family.loss(state.params, state.model_state, task,
                               jax.random.fold_in(state.key, state.step))
-  return state, jnp.concatenate([losses, final_loss[None]])
+  losses = jnp.concatenate([losses, final_loss[None]])
+  return (state, losses) if probe is None else (state, losses, probed)
+
+
+# (gradients, params, optimizer state) at a step -> a value recorded by the unroll.
+Probe = Callable[[Any, Any, Any], Any]
 
 
 @jax.custom_vjp
@@ -150,11 +163,11 @@ def remat_chunk_size(num_steps: int) -> int:
 
 def loss_curves(optimizer: optax.GradientTransformation, family: ProblemFamily,
                 tasks: Task, keys: jax.Array, num_steps: int) -> tuple[jax.Array, Any]:
-  """Loss curves of ``optimizer`` on a batch of problems (vmapped :func:`unroll`).
+  """Loss curves of ``optimizer`` on a batch of problems (:func:`unroll` over runs).
 
   Not jitted itself, so it can be vmapped over optimizer hyper-parameters; use
-  :func:`jitted_loss_curves` for a single optimizer. The runs are vmapped, or run
-  one after another with ``lax.map`` when the family sets ``batch_runs = False``.
+  :func:`jitted_loss_curves` for a single optimizer. The runs are mapped the way
+  the family's ``run_mode`` says (:func:`map_runs`).
 
   Args:
     optimizer: any optax transform.
@@ -172,49 +185,35 @@ def loss_curves(optimizer: optax.GradientTransformation, family: ProblemFamily,
     state = init_unroll(optimizer, family, task, key)
     state, losses = unroll(optimizer, family, task, state, num_steps)
     return losses, (state.params, state.model_state)
-  return map_runs(family, one_run, tasks, keys)
+  return map_runs(one_run, tasks, keys, mode=family.run_mode)
 
 
-# A few large runs on a CPU go one after another in the program (see map_runs).
-MAX_RUNS_IN_SEQUENCE = 4
-MIN_ELEMENTS_PER_RUN_IN_SEQUENCE = 2 ** 16
+RUN_MODES = ("vmap", "map", "sequential")
 
 
-def runs_in_sequence(num_runs: int, args: Any) -> bool:
-  """Whether :func:`map_runs` writes each run out in turn instead of vmapping them.
+def map_runs(fn: Callable, *args: Any, mode: str = "vmap") -> Any:
+  """``fn`` over the leading (run) axis of ``args``, the way ``mode`` says.
 
-  On a CPU, for at most ``MAX_RUNS_IN_SEQUENCE`` runs of at least
-  ``MIN_ELEMENTS_PER_RUN_IN_SEQUENCE`` array elements each (arguments and state):
-  one such run already fills the cores, and vmapping two MNIST meta-training runs
-  took 574-633 ms per meta-step against 396-429 ms written out in turn (README,
-  "Speed and memory"). On accelerators batching the runs is what fills the chip.
-  """
-  elements = sum(int(jnp.size(a)) for a in jax.tree.leaves(args)) // num_runs
-  return (jax.default_backend() == "cpu" and num_runs <= MAX_RUNS_IN_SEQUENCE
-          and elements >= MIN_ELEMENTS_PER_RUN_IN_SEQUENCE)
-
-
-def map_runs(family: ProblemFamily, fn: Callable, *args: Any) -> Any:
-  """``fn`` over the leading (run) axis of ``args``: vmapped, or one run after another.
-
-  Families whose vmapped ops are slow (per-run conv kernels become grouped
-  convolutions, ~3x slower per run on CPU) set ``batch_runs = False`` and get
-  ``lax.map``. A single run is neither: ``fn`` runs on it directly and its outputs get
-  the leading axis back (vmap's batch axis of size 1 leaves XLA:CPU with transposes
-  between the LSTM's feature-leading arrays: the MNIST meta-step took about 1.5x as long).
-  A few large runs on a CPU are written out one after another
-  (:func:`runs_in_sequence`). Every way gives the same numbers.
+  ``"vmap"`` batches the runs (what fills an accelerator); ``"map"`` runs them one
+  after another in a ``lax.map`` loop (for ops that are slow when batched, e.g. a
+  convolution kernel per run becomes a grouped convolution); ``"sequential"`` writes
+  each run out in turn in the program (a few large runs on a CPU, where one run
+  already fills the cores; compile time grows with the number of runs). A single
+  run is never batched: ``fn`` runs on it directly and its outputs get the leading
+  axis back. Every mode gives the same numbers.
 
   Example:
-    >>> losses = map_runs(family, lambda task, key: run(task, key), tasks, keys)
+    >>> losses = map_runs(lambda task, key: run(task, key), tasks, keys, mode="map")
   """
+  if mode not in RUN_MODES:
+    raise ValueError(f"map_runs: mode must be one of {RUN_MODES}, got {mode!r}")
   num_runs = jax.tree.leaves(args)[0].shape[0]
   run = lambda i: fn(*jax.tree.map(lambda a: a[i], args))
   if num_runs == 1:
     return jax.tree.map(lambda a: a[None], run(0))
-  if not getattr(family, "batch_runs", True):
+  if mode == "map":
     return jax.lax.map(lambda a: fn(*a), args)
-  if runs_in_sequence(num_runs, args):
+  if mode == "sequential":
     return jax.tree.map(lambda *outs: jnp.stack(outs), *[run(i) for i in range(num_runs)])
   return jax.vmap(fn)(*args)
 

@@ -1,34 +1,59 @@
+"""Meta-training: the loop, its composed configuration, the meta-step and validation."""
+
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import struct
 
-from metaopt.meta_train import (MetaTrainConfig, init_train_state, make_meta_step, meta_lr_factor,
-                                meta_train, validation_loss)
+from metaopt import (Imitation, MetaTrainConfig, Objective, Truncation, TruncatedBackprop,
+                     Validation, meta_train)
+from metaopt.meta_step import prepare
 from metaopt.networks import LSTMConfig
 from metaopt.problems import QuadraticFamily
-from metaopt.unroll import sample_tasks
+from metaopt.rule import learned_rule
+from metaopt.unroll import jitted_loss_curves, sample_tasks
+from metaopt.validation import VALIDATION_SET, validation_score
+
+TINY = MetaTrainConfig(truncation=Truncation(horizon=4, unroll_length=2), batch_size=4,
+                       num_meta_steps=3, validation=Validation(every=3, num_problems=4))
+
+
+def _valid_set(fam, cfg):
+  return sample_tasks(fam, jax.random.fold_in(jax.random.key(cfg.seed), VALIDATION_SET),
+                      cfg.validation.num_problems)
 
 
 def test_quick_meta_training_beats_its_own_initialization_on_held_out_quadratics():
-  fam = QuadraticFamily()
-  config = LSTMConfig()
-  cfg = MetaTrainConfig(horizon=40, unroll_length=20, batch_size=32, num_meta_steps=120,
-                        meta_learning_rate=3e-3, valid_every=40, num_valid_problems=32)
+  fam, config = QuadraticFamily(), LSTMConfig()
+  cfg = MetaTrainConfig(truncation=Truncation(horizon=40, unroll_length=20), batch_size=32,
+                        num_meta_steps=120, meta_learning_rate=3e-3,
+                        validation=Validation(every=40, num_problems=32))
   result = meta_train(fam, config, cfg, progress=False)
-  assert result.num_skipped == 0
-  assert len(result.history["meta_loss"]) == 120
-  test_tasks, test_keys = sample_tasks(fam, jax.random.key(999), 64)
-  init_phi = init_train_state(fam, config, cfg).phi
-  before = validation_loss(init_phi, config, fam, test_tasks, test_keys, 40)
-  after = validation_loss(result.phi, config, fam, test_tasks, test_keys, 40)
-  assert after < 0.5 * before, (before, after)
-  assert result.best_valid_loss == min(result.history["valid_loss"])
+  assert result.num_skipped == 0 and len(result.history.meta_loss) == 120
+  tasks, keys = sample_tasks(fam, jax.random.key(999), 64)
+  init_phi = prepare(fam, config, cfg).state.phi
+  score = lambda phi: validation_score(phi, config, fam, tasks, keys, 40, Validation())
+  assert score(result.phi) < 0.5 * score(init_phi)
+  assert result.best_valid_loss == min(result.history.valid_loss)
+
+
+def test_a_caller_passed_meta_optimizer_is_the_one_that_updates_phi():
+  fam, config = QuadraticFamily(dim=3), LSTMConfig((8,))
+  frozen = meta_train(fam, config, TINY, meta_optimizer=optax.sgd(0.0), progress=False)
+  phi0 = prepare(fam, config, TINY).state.phi
+  jax.tree.map(np.testing.assert_array_equal, frozen.final_phi, phi0)
+  moved = meta_train(fam, config, TINY, meta_optimizer=optax.sgd(1e-3), progress=False)
+  assert not np.allclose(jax.tree.leaves(moved.final_phi)[0], jax.tree.leaves(phi0)[0])
 
 
 class NaNAfterFirstStep(struct.PyTreeNode):
   """A quadratic whose loss becomes NaN once theta moves: every meta-step is non-finite."""
+
+  run_mode: str = struct.field(pytree_node=False, default="vmap")
 
   def sample_task(self, key):
     return jax.random.normal(key, (3,))
@@ -42,34 +67,45 @@ class NaNAfterFirstStep(struct.PyTreeNode):
 
 
 def test_non_finite_meta_loss_skips_the_update_and_keeps_phi_finite():
-  cfg = MetaTrainConfig(horizon=4, unroll_length=2, batch_size=4, num_meta_steps=5,
-                        valid_every=5, num_valid_problems=4)
-  phi0 = init_train_state(NaNAfterFirstStep(), LSTMConfig(), cfg).phi
+  cfg = dataclasses.replace(TINY, num_meta_steps=5,
+                            validation=Validation(every=5, num_problems=4))
+  phi0 = prepare(NaNAfterFirstStep(), LSTMConfig(), cfg).state.phi
   result = meta_train(NaNAfterFirstStep(), LSTMConfig(), cfg, progress=False)
   assert result.num_skipped == 5
   jax.tree.map(np.testing.assert_array_equal, result.final_phi, phi0)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(horizon=100, unroll_length=30), "multiple of unroll_length"),
-    (dict(batch_size=0), "batch_size must be a positive integer"),
-    (dict(meta_learning_rate=-1.0), "meta_learning_rate must be > 0"),
-    (dict(phi_average=1.0), "phi_average must be in"),
-    (dict(meta_lr_schedule="linear"), "meta_lr_schedule must be"),
-    (dict(valid_objective="last"), "valid_objective must be one of"),
-    (dict(step_weighting="quadratic"), "step_weighting must be one of"),
+@pytest.mark.parametrize("build, message", [
+    (lambda: Truncation(horizon=100, unroll_length=30), "multiples of unroll_length"),
+    (lambda: Truncation(horizon=20, unroll_length=10, curriculum=(10,)), "must increase"),
+    (lambda: MetaTrainConfig(batch_size=0), "batch_size must be a positive integer"),
+    (lambda: MetaTrainConfig(meta_learning_rate=-1.0), "meta_learning_rate must be > 0"),
+    (lambda: MetaTrainConfig(phi_average=1.0), "phi_average must be in"),
+    (lambda: MetaTrainConfig(run_mode="parallel"), "run_mode must be None or one of"),
+    (lambda: Validation(score="last"), "score must be one of"),
+    (lambda: Validation(horizon_multiple=0), "horizon_multiple must be a positive integer"),
+    (lambda: Validation(collapse_factor=0.5), "collapse_factor must be > 1"),
+    (lambda: Objective(loss="squared"), "loss must be one of"),
+    (lambda: Imitation(prob=1.5, learning_rate=0.01), "prob must be in"),
+    (lambda: Imitation(prob=0.5, learning_rate=0.1, max_learning_rate=0.1), "max_learning_rate"),
 ])
-def test_bad_configuration_is_rejected_before_any_compute(kwargs, message):
+def test_bad_configuration_is_rejected_before_any_compute(build, message):
   with pytest.raises(ValueError, match=message):
-    MetaTrainConfig(**kwargs)
+    build()
+
+
+def test_config_round_trips_through_its_json_form():
+  cfg = MetaTrainConfig(truncation=Truncation(20, 10, curriculum=(40,)),
+                        objective=Objective("log_loss", Imitation(0.5, 0.01, 2.0, 0.03)),
+                        validation=Validation(score="final", collapse_factor=1.5),
+                        phi_average=0.9, run_mode="sequential")
+  assert MetaTrainConfig.from_dict(cfg.to_dict()) == cfg
 
 
 def test_phi_average_is_the_moving_average_of_an_unchanged_phi_trajectory():
   fam, config = QuadraticFamily(), LSTMConfig()
-  base = MetaTrainConfig(horizon=4, unroll_length=2, batch_size=4, num_meta_steps=3)
-  plain, averaged = base, MetaTrainConfig(**{**base.__dict__, "phi_average": 0.5})
-  s_plain, s_avg = init_train_state(fam, config, plain), init_train_state(fam, config, averaged)
-  step_plain, step_avg = make_meta_step(config, plain), make_meta_step(config, averaged)
+  _, _, s_plain, step_plain = prepare(fam, config, TINY)
+  _, _, s_avg, step_avg = prepare(fam, config, dataclasses.replace(TINY, phi_average=0.5))
   expected = s_avg.phi_avg
   for _ in range(2):
     s_plain, _ = step_plain(fam, s_plain)
@@ -84,88 +120,63 @@ def test_phi_average_is_the_moving_average_of_an_unchanged_phi_trajectory():
 
 def test_meta_training_with_phi_average_returns_the_averaged_phi_it_scored():
   fam, config = QuadraticFamily(), LSTMConfig()
-  cfg = MetaTrainConfig(horizon=10, unroll_length=5, batch_size=8, num_meta_steps=20,
-                        meta_learning_rate=1e-2, valid_every=5, num_valid_problems=8,
+  cfg = MetaTrainConfig(truncation=Truncation(10, 5), batch_size=8, num_meta_steps=20,
+                        meta_learning_rate=1e-2, validation=Validation(every=5, num_problems=8),
                         phi_average=0.8)
   result = meta_train(fam, config, cfg, progress=False)
-  valid_tasks, valid_keys = sample_tasks(fam, jax.random.fold_in(jax.random.key(0), 1_000_003), 8)
-  rescored = validation_loss(result.phi, config, fam, valid_tasks, valid_keys, 10)
-  np.testing.assert_allclose(rescored, result.best_valid_loss, rtol=1e-5)
-  final = validation_loss(result.final_phi, config, fam, valid_tasks, valid_keys, 10)
-  np.testing.assert_allclose(final, result.history["valid_loss"][-1], rtol=1e-5)
+  tasks, keys = _valid_set(fam, cfg)
+  score = lambda phi: validation_score(phi, config, fam, tasks, keys, 10, cfg.validation)
+  np.testing.assert_allclose(score(result.phi), result.best_valid_loss, rtol=1e-5)
+  np.testing.assert_allclose(score(result.final_phi), result.history.valid_loss[-1], rtol=1e-5)
 
 
-def test_cosine_meta_learning_rate_decays_to_zero_and_then_leaves_phi_unchanged():
+def test_final_score_averages_the_last_ten_steps_before_each_horizon_multiple():
   fam, config = QuadraticFamily(), LSTMConfig()
-  cfg = MetaTrainConfig(horizon=4, unroll_length=2, batch_size=4, num_meta_steps=10,
-                        meta_lr_schedule="cosine")
-  factors = [float(meta_lr_factor(cfg, jnp.asarray(s))) for s in (0, 5, 10, 20)]
-  np.testing.assert_allclose(factors, [1.0, 0.5, 0.0, 0.0], atol=1e-6)
-  state = init_train_state(fam, config, cfg)
-  meta_step = make_meta_step(config, cfg)
-  moved, _ = meta_step(fam, state)
-  assert not np.allclose(jax.tree.leaves(moved.phi)[0], jax.tree.leaves(state.phi)[0])
-  ended, _ = meta_step(fam, state._replace(step=jnp.asarray(10, jnp.int32)))
-  jax.tree.map(np.testing.assert_array_equal, ended.phi, state.phi)
-
-
-def test_final_valid_objective_scores_the_last_ten_steps_and_drives_early_stopping():
-  from metaopt.rule import rule_factory
-  from metaopt.unroll import jitted_loss_curves
-  fam, config = QuadraticFamily(), LSTMConfig()
-  phi = init_train_state(fam, config, MetaTrainConfig()).phi
+  phi = prepare(fam, config, TINY).state.phi
   tasks, keys = sample_tasks(fam, jax.random.key(3), 4)
-  curves = np.asarray(jitted_loss_curves(rule_factory(config), fam, tasks, keys, 30, (phi,))[0])
-  final = validation_loss(phi, config, fam, tasks, keys, 30, "final")
-  np.testing.assert_allclose(final, curves[:, 21:].mean(), rtol=1e-5)
-  np.testing.assert_allclose(validation_loss(phi, config, fam, tasks, keys, 30),
-                             curves[:, 1:].mean(), rtol=1e-5)
-  cfg = MetaTrainConfig(horizon=10, unroll_length=5, batch_size=8, num_meta_steps=10,
-                        meta_learning_rate=1e-2, valid_every=5, num_valid_problems=4,
-                        valid_objective="final")
-  result = meta_train(fam, config, cfg, progress=False)
-  valid_tasks, valid_keys = sample_tasks(fam, jax.random.fold_in(jax.random.key(0), 1_000_003), 4)
-  np.testing.assert_allclose(validation_loss(result.phi, config, fam, valid_tasks, valid_keys, 10,
-                                             "final"), result.best_valid_loss, rtol=1e-5)
-  assert result.best_valid_loss == min(result.history["valid_loss"])
-
-
-def test_valid_horizon_multiple_scores_the_end_of_each_horizon_of_a_longer_run():
-  from metaopt.rule import rule_factory
-  from metaopt.unroll import jitted_loss_curves
-  fam, config = QuadraticFamily(), LSTMConfig()
-  phi = init_train_state(fam, config, MetaTrainConfig()).phi
-  tasks, keys = sample_tasks(fam, jax.random.key(3), 4)
-  curves = np.asarray(jitted_loss_curves(rule_factory(config), fam, tasks, keys, 60, (phi,))[0])
+  curves = np.asarray(jitted_loss_curves(learned_rule, fam, tasks, keys, 60, (phi, config))[0])
+  score = lambda **kw: validation_score(phi, config, fam, tasks, keys, 30, Validation(**kw))
+  np.testing.assert_allclose(score(score="final", horizon_multiple=1), curves[:, 21:31].mean(),
+                             rtol=1e-5)
   ends = np.concatenate([curves[:, 21:31], curves[:, 51:61]], axis=1)
-  np.testing.assert_allclose(validation_loss(phi, config, fam, tasks, keys, 30, "final", 2),
-                             ends.mean(), rtol=1e-5)
-  np.testing.assert_allclose(validation_loss(phi, config, fam, tasks, keys, 30, "mean", 2),
-                             curves[:, 1:].mean(), rtol=1e-5)
-  cfg = MetaTrainConfig(horizon=10, unroll_length=5, batch_size=8, num_meta_steps=5,
-                        meta_learning_rate=1e-2, valid_every=5, num_valid_problems=4,
-                        valid_objective="final", valid_horizon_multiple=3)
+  np.testing.assert_allclose(score(score="final", horizon_multiple=2), ends.mean(), rtol=1e-5)
+  np.testing.assert_allclose(score(score="mean", horizon_multiple=2), curves[:, 1:].mean(),
+                             rtol=1e-5)
+
+
+def test_early_stopping_keeps_the_phi_with_the_best_final_score():
+  fam, config = QuadraticFamily(), LSTMConfig()
+  cfg = MetaTrainConfig(truncation=Truncation(10, 5), batch_size=8, num_meta_steps=10,
+                        meta_learning_rate=1e-2,
+                        validation=Validation(every=5, num_problems=4, score="final",
+                                              horizon_multiple=3))
   result = meta_train(fam, config, cfg, progress=False)
-  valid_tasks, valid_keys = sample_tasks(fam, jax.random.fold_in(jax.random.key(0), 1_000_003), 4)
-  np.testing.assert_allclose(validation_loss(result.phi, config, fam, valid_tasks, valid_keys, 10,
-                                             "final", 3), result.best_valid_loss, rtol=1e-5)
-  with pytest.raises(ValueError, match="valid_horizon_multiple must be a positive integer"):
-    MetaTrainConfig(valid_horizon_multiple=0)
+  tasks, keys = _valid_set(fam, cfg)
+  np.testing.assert_allclose(
+      validation_score(result.phi, config, fam, tasks, keys, 10, cfg.validation),
+      result.best_valid_loss, rtol=1e-5)
+  assert result.best_valid_loss == min(result.history.valid_loss)
 
 
-def test_linear_step_weighting_weights_each_loss_by_its_step_in_the_run():
-  from metaopt.meta_train import truncated_meta_loss
+def test_log_loss_objective_sums_the_logs_of_the_losses_after_each_update():
   fam, config = QuadraticFamily(dim=3), LSTMConfig()
-  cfg = MetaTrainConfig(horizon=6, unroll_length=3, batch_size=4, num_valid_problems=2)
-  state = init_train_state(fam, config, cfg)
-  meta_loss = jax.jit(truncated_meta_loss, static_argnums=(1, 5, 6, 7, 8, 9, 10))
-  args = (state.phi, config, fam, state.tasks)
-  first, (runs, losses) = meta_loss(*args, state.runs, 3, False, False, "loss", "linear", 6)
-  # Second unroll of the run: steps 4..6, weights 2t / 7 (not restarted at 1).
-  second, (_, later) = meta_loss(*args, runs, 3, False, False, "loss", "linear", 6)
-  uniform, _ = meta_loss(*args, runs, 3, False, False, "loss", "uniform", 6)
-  for total, curve, steps in ((first, losses, [1, 2, 3]), (second, later, [4, 5, 6])):
-    weights = 2.0 * np.array(steps) / 7.0
-    np.testing.assert_allclose(total, np.mean(np.sum(weights * np.asarray(curve)[:, 1:], axis=1)),
-                               rtol=1e-5)
-  np.testing.assert_allclose(uniform, np.mean(np.sum(np.asarray(later)[:, 1:], axis=1)), rtol=1e-5)
+  est, _, state, _ = prepare(fam, config, TINY)
+  log_est = dataclasses.replace(est, objective=Objective("log_loss"))
+  loss, (_, curves) = jax.jit(est.meta_loss)(state.phi, fam, state.runs)
+  log_loss, _ = jax.jit(log_est.meta_loss)(state.phi, fam, state.runs)
+  curves = np.asarray(curves)[:, 1:]
+  np.testing.assert_allclose(loss, np.mean(np.sum(curves, axis=1)), rtol=1e-5)
+  np.testing.assert_allclose(log_loss, np.mean(np.sum(np.log(curves), axis=1)), rtol=1e-5)
+
+
+def test_truncations_chain_into_one_run_and_a_new_batch_starts_when_runs_end():
+  fam, config = QuadraticFamily(dim=3), LSTMConfig((8,))
+  est = TruncatedBackprop(config, unroll_length=2, batch_size=3)
+  phi = prepare(fam, config, TINY).state.phi
+  runs = est.start_runs(phi, fam, jax.random.key(0))
+  _, runs2, _ = jax.jit(est.estimate)(phi, fam, runs, jax.random.key(1))
+  np.testing.assert_array_equal(runs2.states.step, [2, 2, 2])
+  _, (_, curve_a) = est.meta_loss(phi, fam, runs)
+  _, (_, curve_b) = est.meta_loss(phi, fam, runs2)
+  # The last loss of one truncation is the first of the next (same theta, same minibatch key).
+  np.testing.assert_allclose(np.asarray(curve_a)[:, -1], np.asarray(curve_b)[:, 0], rtol=1e-6)

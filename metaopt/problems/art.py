@@ -60,6 +60,7 @@ class ArtFamily(struct.PyTreeNode):
     net: the feature network.
     content_layers, style_layers: indices of the network's blocks used for each loss.
     content_weight, style_weight, tv_weight: alpha, beta, gamma.
+    run_mode: how a batch of runs is mapped (:func:`metaopt.unroll.map_runs`).
 
   Example:
     >>> fam = ArtFamily.from_images(contents, style, random_features(0))
@@ -74,10 +75,11 @@ class ArtFamily(struct.PyTreeNode):
   content_weight: float = struct.field(pytree_node=False, default=1.0)
   style_weight: float = struct.field(pytree_node=False, default=1.0)
   tv_weight: float = struct.field(pytree_node=False, default=1.0)
+  run_mode: str = struct.field(pytree_node=False, default="vmap")
 
   @classmethod
   def from_images(cls, contents: np.ndarray, style: np.ndarray, net: FeatureNet,
-                  size: int | None = None, **kwargs) -> "ArtFamily":
+                  size: int | None = None, **kwargs) -> ArtFamily:
     """Contents and style as uint8 images; ``size`` resizes both to size x size first."""
     contents, style = np.asarray(contents), np.asarray(style)
     if contents.dtype != np.uint8 or contents.ndim != 4 or contents.shape[-1] != 3:
@@ -95,7 +97,7 @@ class ArtFamily(struct.PyTreeNode):
                        f"{len(net.blocks)} blocks")
     style_layers = kwargs.get("style_layers", (0, 1, 2))
     feats = features(net, jnp.asarray(style, jnp.float32) / 255.0)
-    grams = tuple(gram(feats[l]) for l in style_layers)
+    grams = tuple(gram(feats[layer]) for layer in style_layers)
     return cls(jnp.asarray(contents), grams, net, **kwargs)
 
   def sample_task(self, key: jax.Array) -> ArtTask:
@@ -103,7 +105,7 @@ class ArtFamily(struct.PyTreeNode):
     image = self.contents[jax.random.randint(key, (), 0, self.contents.shape[0])]
     image = image.astype(jnp.float32) / 255.0
     feats = features(self.net, image)
-    return ArtTask(image, tuple(feats[l] for l in self.content_layers))
+    return ArtTask(image, tuple(feats[layer] for layer in self.content_layers))
 
   def init(self, task: ArtTask, key: jax.Array):
     """theta_0 = the content image; no model state."""
@@ -114,10 +116,10 @@ class ArtFamily(struct.PyTreeNode):
     """alpha * content + beta * style + gamma * TV (see the module docstring)."""
     del key
     feats = features(self.net, params)
-    content = sum(jnp.sum(jnp.square(feats[l] - t)) / jnp.sum(jnp.square(t))
-                  for l, t in zip(self.content_layers, task.content_features))
-    style = sum(jnp.sum(jnp.square(gram(feats[l]) - g)) / jnp.sum(jnp.square(g))
-                for l, g in zip(self.style_layers, self.style_grams))
+    content = sum(jnp.sum(jnp.square(feats[layer] - t)) / jnp.sum(jnp.square(t))
+                  for layer, t in zip(self.content_layers, task.content_features))
+    style = sum(jnp.sum(jnp.square(gram(feats[layer]) - g)) / jnp.sum(jnp.square(g))
+                for layer, g in zip(self.style_layers, self.style_grams))
     tv = (jnp.mean(jnp.square(params[1:] - params[:-1]))
           + jnp.mean(jnp.square(params[:, 1:] - params[:, :-1])))
     return (self.content_weight * content + self.style_weight * style

@@ -67,8 +67,9 @@ class AugmentedFamily(struct.PyTreeNode):
           f"convex_center_std={self.convex_center_std}")
 
   @property
-  def batch_runs(self) -> bool:
-    return getattr(self.base, "batch_runs", True)
+  def run_mode(self) -> str:
+    """The base family's run mode (:func:`metaopt.unroll.map_runs`)."""
+    return self.base.run_mode
 
   def sample_task(self, key: jax.Array) -> AugmentedTask:
     """A base task, log-scales ``U[-s, s]`` per coordinate and (with prob. p) a convex term."""

@@ -24,10 +24,12 @@ Task = Any
 class ProblemFamily(Protocol):
   """Protocol of a family of optimization problems.
 
-  A family may also set ``batch_runs = False`` (default True) to have evaluation
-  run its problems one after another instead of vmapped over them, when its
-  vmapped ops are slow (e.g. convolutions with a kernel per run on CPU).
+  ``run_mode`` says how a batch of its runs is mapped (:func:`metaopt.unroll.map_runs`):
+  ``"vmap"`` (batched), or ``"map"`` (one after another in a loop) when its batched
+  ops are slow, e.g. convolutions with a kernel per run on CPU.
   """
+
+  run_mode: str
 
   def sample_task(self, key: jax.Array) -> Task:
     """Draw one problem (e.g. a random quadratic) from the family."""

@@ -15,7 +15,8 @@ in ``UnrollState.model_state``; only evaluation of a trained net
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +46,8 @@ def select_classes(images: np.ndarray, labels: np.ndarray, classes: Sequence[int
     raise ValueError(f"classes must be at least two distinct labels, got {classes}")
   missing = [c for c in classes if not np.any(labels == c)]
   if missing:
-    raise ValueError(f"classes {missing} have no images (labels present: {sorted(set(labels.tolist()))})")
+    raise ValueError(f"classes {missing} have no images "
+                     f"(labels present: {sorted(set(labels.tolist()))})")
   keep = np.isin(labels, classes)
   remap = np.full(int(max(labels.max(), max(classes))) + 1, -1, np.int32)
   remap[classes] = np.arange(len(classes), dtype=np.int32)
@@ -130,8 +132,8 @@ class ConvFamily(struct.PyTreeNode):
     batch_size: minibatch size (paper: 128).
     num_classes: output units.
     bn_momentum: running-average momentum of the batch-norm statistics.
-    batch_runs: False: evaluation runs problems one after another (vmapping runs
-      turns their convolutions into grouped ones, ~3x slower per run on CPU).
+    run_mode: ``"map"``: runs go one after another in a loop (vmapping runs turns
+      their convolutions into grouped ones, which are slow on CPU).
 
   Example:
     >>> ds = metaopt.data.load_dataset("cifar10")
@@ -150,11 +152,11 @@ class ConvFamily(struct.PyTreeNode):
   batch_size: int = struct.field(pytree_node=False, default=128)
   num_classes: int = struct.field(pytree_node=False, default=10)
   bn_momentum: float = struct.field(pytree_node=False, default=0.9)
-  batch_runs: bool = struct.field(pytree_node=False, default=False)
+  run_mode: str = struct.field(pytree_node=False, default="map")
 
   @classmethod
   def from_arrays(cls, images, labels, classes: Sequence[int] | None = None,
-                  **kwargs) -> "ConvFamily":
+                  **kwargs) -> ConvFamily:
     """Build from uint8 images (N, H, W, C) and labels, optionally keeping only ``classes``.
 
     The normalization statistics are computed from ``images`` (after the class
@@ -174,7 +176,8 @@ class ConvFamily(struct.PyTreeNode):
     if not channels or min(channels) <= 0:
       raise ValueError(f"ConvFamily.channels must be non-empty and positive, got {channels}")
     if int(kwargs.get("kernel_size", 5)) % 2 == 0:
-      raise ValueError(f"ConvFamily.kernel_size must be odd (SAME padding), got {kwargs['kernel_size']}")
+      raise ValueError("ConvFamily.kernel_size must be odd (SAME padding), "
+                       f"got {kwargs['kernel_size']}")
     for name in ("kernel_size", "fc_size", "batch_size", "num_classes"):
       if name in kwargs and int(kwargs[name]) <= 0:
         raise ValueError(f"ConvFamily.{name} must be positive, got {kwargs[name]}")
@@ -208,8 +211,8 @@ class ConvFamily(struct.PyTreeNode):
     for i, c in enumerate(self.channels):
       fan_in = k * k * c_in
       bn_params, state[f"conv_{i}"] = bn(c)
-      params[f"conv_{i}"] = {"kernel": jax.random.normal(keys[i], (k, k, c_in, c)) / np.sqrt(fan_in),
-                             "bias": jnp.zeros((c,)), **bn_params}
+      kernel = jax.random.normal(keys[i], (k, k, c_in, c)) / np.sqrt(fan_in)
+      params[f"conv_{i}"] = {"kernel": kernel, "bias": jnp.zeros((c,)), **bn_params}
       c_in = c
     h, w = self.images.shape[1:3]
     for _ in self.channels:
@@ -219,7 +222,8 @@ class ConvFamily(struct.PyTreeNode):
     params["fc"] = {"kernel": jax.random.normal(keys[-2], (flat, self.fc_size)) / np.sqrt(flat),
                     **bn_params}
     params["out"] = {
-        "kernel": jax.random.normal(keys[-1], (self.fc_size, self.num_classes)) / np.sqrt(self.fc_size),
+        "kernel": (jax.random.normal(keys[-1], (self.fc_size, self.num_classes))
+                   / np.sqrt(self.fc_size)),
         "bias": jnp.zeros((self.num_classes,))}
     return params, state
 

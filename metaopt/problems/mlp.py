@@ -36,6 +36,7 @@ class MLPFamily(struct.PyTreeNode):
     batch_size: minibatch size (paper: 128).
     init_scale: theta_0 ~ N(0, init_scale^2) for every weight and bias.
     num_classes: output units.
+    run_mode: how a batch of runs is mapped (:func:`metaopt.unroll.map_runs`).
 
   Example:
     >>> ds = metaopt.data.load_dataset("mnist")
@@ -50,9 +51,10 @@ class MLPFamily(struct.PyTreeNode):
   batch_size: int = struct.field(pytree_node=False, default=128)
   init_scale: float = struct.field(pytree_node=False, default=0.1)
   num_classes: int = struct.field(pytree_node=False, default=10)
+  run_mode: str = struct.field(pytree_node=False, default="vmap")
 
   @classmethod
-  def from_arrays(cls, images, labels, **kwargs) -> "MLPFamily":
+  def from_arrays(cls, images, labels, **kwargs) -> MLPFamily:
     """Build from numpy arrays, validating the configuration first."""
     hidden = tuple(int(h) for h in kwargs.pop("hidden_sizes", (20,)))
     if any(h <= 0 for h in hidden):
@@ -70,7 +72,7 @@ class MLPFamily(struct.PyTreeNode):
     return cls(jnp.asarray(images), jnp.asarray(labels, jnp.int32), hidden_sizes=hidden, **kwargs)
 
   @classmethod
-  def from_dataset(cls, dataset, **kwargs) -> "MLPFamily":
+  def from_dataset(cls, dataset, **kwargs) -> MLPFamily:
     """The training split of a :class:`metaopt.data.Dataset`."""
     return cls.from_arrays(dataset.train_images, dataset.train_labels,
                            num_classes=dataset.num_classes, **kwargs)

@@ -22,6 +22,7 @@ class QuadraticFamily(struct.PyTreeNode):
   Attributes:
     dim: the dimension of theta, W and y (paper: 10).
     init_scale: theta_0 ~ N(0, init_scale^2) i.i.d. (the official code: 0.01).
+    run_mode: how evaluation maps its runs (:func:`metaopt.unroll.map_runs`): ``"vmap"``.
 
   Example:
     >>> fam = QuadraticFamily()
@@ -32,6 +33,7 @@ class QuadraticFamily(struct.PyTreeNode):
 
   dim: int = struct.field(pytree_node=False, default=10)
   init_scale: float = struct.field(pytree_node=False, default=0.01)
+  run_mode: str = struct.field(pytree_node=False, default="vmap")
 
   def sample_task(self, key: jax.Array) -> QuadraticTask:
     """Draw W and y with i.i.d. standard normal entries."""

@@ -1,0 +1,278 @@
+"""The meta-training loop: meta-steps, validation, early stopping, checkpoints, signals.
+
+.. math:: \\phi \\leftarrow \\phi + \\text{meta-optimizer}(\\hat\\nabla_\\phi L)
+
+where :math:`\\hat\\nabla_\\phi L` comes from a meta-gradient estimator
+(:mod:`metaopt.estimators`; default: truncated backprop through the runs' unrolls),
+runs follow the truncation schedule (:mod:`metaopt.truncation`) and a non-finite
+meta-gradient skips the update (``optax.apply_if_finite``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+import time
+from typing import Any, NamedTuple
+
+import jax
+import optax
+
+from metaopt.config import MetaTrainConfig
+from metaopt.estimators import MetaGradientEstimator
+from metaopt.host import ProgressLine, SignalFlag
+from metaopt.meta_step import prepare, shard_over_devices
+from metaopt.networks import RuleConfig
+from metaopt.problems.base import ProblemFamily
+from metaopt.train_checkpoint import TrainCheckpointer
+from metaopt.unroll import sample_tasks
+from metaopt.validation import VALIDATION_SET, validation_score
+
+@dataclasses.dataclass
+class History:
+  """Per-meta-step and per-validation records (lists of Python numbers)."""
+
+  meta_loss: list[float] = dataclasses.field(default_factory=list)
+  valid_step: list[int] = dataclasses.field(default_factory=list)
+  valid_loss: list[float] = dataclasses.field(default_factory=list)
+  valid_horizon: list[int] = dataclasses.field(default_factory=list)
+  restored_at: list[int] = dataclasses.field(default_factory=list)   # collapse guard
+  stage_start: list[int] = dataclasses.field(default_factory=list)   # curriculum
+
+
+@dataclasses.dataclass
+class Progress:
+  """The host loop's counters; saved with every checkpoint."""
+
+  step: int = 0
+  unrolls_done: int = 0
+  stage: int = 0
+  stalls: int = 0
+  best_valid: float | None = None
+  num_skipped: int = 0
+  consecutive_nonfinite: int = 0
+  seconds: float = 0.0
+  history: History = dataclasses.field(default_factory=History)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> Progress:
+    return cls(**{**d, "history": History(**d["history"])})
+
+
+class MetaTrainResult(NamedTuple):
+  """Outcome of :func:`meta_train`.
+
+  Attributes:
+    phi: the best phi by validation score (early stopping).
+    best_valid_loss: its validation score.
+    final_phi: phi after the last meta-step (its moving average with ``phi_average``).
+    history: the :class:`History` of meta-losses and validations.
+    num_skipped: meta-steps skipped for a non-finite meta-loss or meta-gradient.
+    seconds: wall time, compilation included (resumed runs add the interrupted ones').
+  """
+
+  phi: Any
+  best_valid_loss: float
+  final_phi: Any
+  history: History
+  num_skipped: int
+  seconds: float
+
+
+class MetaTrainingStopped(RuntimeError):
+  """Meta-training stopped early; ``result`` holds the best phi found so far."""
+
+  def __init__(self, message: str, result: MetaTrainResult):
+    super().__init__(message)
+    self.result = result
+
+
+def meta_train(family: ProblemFamily, config: RuleConfig, cfg: MetaTrainConfig,
+               meta_optimizer: optax.GradientTransformation | None = None,
+               estimator: MetaGradientEstimator | None = None,
+               valid_family: ProblemFamily | None = None,
+               checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 100,
+               resume: bool = False, max_consecutive_nonfinite: int = 20,
+               progress: bool = True) -> MetaTrainResult:
+  """Meta-train a learned rule on ``family`` with validation-based early stopping.
+
+  With ``checkpoint_dir``, the whole training state (phi, meta-optimizer state, PRNG
+  key, runs in flight, best phi, counters and history) is saved with orbax every
+  ``checkpoint_every`` meta-steps and when SIGINT/SIGTERM arrives; ``resume=True``
+  continues from the newest good checkpoint and ends with exactly the phi of an
+  uninterrupted run.
+
+  Args:
+    family: the problem family meta-training samples from.
+    config: the learned rule's configuration.
+    cfg: meta-training settings.
+    meta_optimizer: any optax transformation for phi (default: ``cfg.meta_optimizer()``,
+      clipped Adam); it is wrapped in ``optax.apply_if_finite``.
+    estimator: the meta-gradient estimator (default: :class:`TruncatedBackprop` from ``cfg``).
+    valid_family: where validation problems come from (default ``family``).
+    checkpoint_dir: where to keep checkpoints (None: none).
+    checkpoint_every: meta-steps between checkpoints.
+    resume: continue from ``checkpoint_dir``; raises if no checkpoint there can be read.
+    max_consecutive_nonfinite: stop after this many non-finite meta-steps in a row.
+    progress: show progress (a redrawn line on a terminal, a line per validation in a log).
+
+  Returns:
+    A :class:`MetaTrainResult`; its ``phi`` is the best on validation (with a
+    curriculum: the best at the last stage reached).
+
+  Raises:
+    MetaTrainingStopped: too many non-finite meta-steps in a row; ``result`` keeps the
+      best phi so far.
+    metaopt.train_checkpoint.CheckpointError: ``resume`` without a readable checkpoint, or
+      one made for another configuration (the differing fields are named).
+
+  Example:
+    >>> result = meta_train(QuadraticFamily(), LSTMConfig(), MetaTrainConfig(num_meta_steps=50))
+    >>> opt = learned_rule(result.phi, LSTMConfig())
+  """
+  if resume and checkpoint_dir is None:
+    raise ValueError("meta_train: resume=True needs a checkpoint_dir")
+  start = time.perf_counter()
+  prepared = prepare(family, config, cfg, meta_optimizer, estimator)
+  identity = {"rule": config.to_dict(),
+              "meta_train": {k: v for k, v in cfg.to_dict().items() if k != "num_meta_steps"},
+              "estimator": type(prepared.estimator).__name__,
+              "meta_optimizer": "default" if meta_optimizer is None else "custom"}
+  checkpointer = None if checkpoint_dir is None else TrainCheckpointer(checkpoint_dir, identity)
+  # SIGINT/SIGTERM are caught from the start (compilation included) and acted on after
+  # the current meta-step: checkpoint, then exit.
+  with SignalFlag(checkpointer is not None) as interrupted:
+    loop = _Loop(family, valid_family or family, config, cfg, prepared, checkpointer,
+                 checkpoint_every, max_consecutive_nonfinite, progress)
+    loop.start = start
+    return loop.run(resume, interrupted)
+
+
+class _Loop:
+  """One meta-training run on the host: the state of :func:`meta_train` between meta-steps."""
+
+  def __init__(self, family, valid_family, config, cfg, prepared, checkpointer,
+               checkpoint_every, max_consecutive_nonfinite, progress):
+    self.family, self.valid_family, self.config, self.cfg = family, valid_family, config, cfg
+    self.optimizer, self.meta_step = prepared.optimizer, prepared.meta_step
+    self.start_runs = jax.jit(prepared.estimator.start_runs)
+    self.state, self.checkpointer = prepared.state, checkpointer
+    self.checkpoint_every, self.max_nonfinite = checkpoint_every, max_consecutive_nonfinite
+    self.start = time.perf_counter()
+    self.valid_tasks, self.valid_keys = sample_tasks(
+        valid_family, jax.random.fold_in(jax.random.key(cfg.seed), VALIDATION_SET),
+        cfg.validation.num_problems)
+    self.best_phi = self.evaluated_phi()
+    self.p = Progress()
+    self.bar = ProgressLine("meta-train", cfg.num_meta_steps, enabled=progress)
+
+  def evaluated_phi(self) -> Any:
+    """The phi validation scores: the moving average when kept, else phi."""
+    return self.state.phi if self.state.phi_avg is None else self.state.phi_avg
+
+  def horizon(self) -> int:
+    return self.cfg.truncation.horizons()[self.p.stage]
+
+  def elapsed(self) -> float:
+    return self.p.seconds + time.perf_counter() - self.start
+
+  def validate(self, phi: Any, step: int) -> float:
+    score = validation_score(phi, self.config, self.valid_family, self.valid_tasks,
+                             self.valid_keys, self.horizon(), self.cfg.validation)
+    h = self.p.history
+    h.valid_step.append(step), h.valid_loss.append(score), h.valid_horizon.append(self.horizon())
+    return score
+
+  def restart_from(self, phi: Any) -> None:
+    """phi (and its average) set to ``phi``, with a fresh meta-optimizer state."""
+    self.state = self.state._replace(phi=phi, opt_state=self.optimizer.init(phi),
+                                     phi_avg=None if self.state.phi_avg is None else phi)
+
+  def save(self) -> None:
+    if self.checkpointer is not None:
+      info = dataclasses.asdict(dataclasses.replace(self.p, seconds=self.elapsed()))
+      self.checkpointer.save(self.p.step, {"train": self.state, "best_phi": self.best_phi}, info)
+
+  def result(self) -> MetaTrainResult:
+    return MetaTrainResult(self.best_phi, self.p.best_valid, self.evaluated_phi(),
+                           self.p.history, self.p.num_skipped, self.elapsed())
+
+  def run(self, resume: bool, interrupted: SignalFlag) -> MetaTrainResult:
+    if self.checkpointer is not None and not resume:
+      self.checkpointer.set_aside()
+    if resume:
+      tree, info = self.checkpointer.restore({"train": self.state, "best_phi": self.best_phi})
+      self.state, self.best_phi = shard_over_devices(tree["train"]), tree["best_phi"]
+      self.p = Progress.from_dict(info)
+      self.start = time.perf_counter()
+      print(f"resumed from meta-step {self.p.step} ({self.checkpointer.directory})",
+            file=sys.stderr)
+    else:
+      self.state = shard_over_devices(self.state)
+    if self.p.best_valid is None:
+      self.p.best_valid = self.validate(self.evaluated_phi(), 0)
+    for i in range(self.p.step, self.cfg.num_meta_steps):
+      validated = self.meta_step_and_validate(i)
+      self.p.step = i + 1
+      h = self.p.history
+      self.bar.update(i + 1, force=validated, horizon=self.horizon(), meta_loss=h.meta_loss[-1],
+                      valid=h.valid_loss[-1], best=self.p.best_valid, skipped=self.p.num_skipped)
+      if interrupted.signum is not None or (i + 1) % self.checkpoint_every == 0:
+        self.save()
+      if interrupted.signum is not None:
+        self.bar.close()
+        print(f"meta-training interrupted by signal {interrupted.signum} at meta-step {i + 1}; "
+              f"checkpoint saved in {self.checkpointer.directory}", file=sys.stderr)
+        if interrupted.signum == signal.SIGINT:
+          raise KeyboardInterrupt
+        raise SystemExit(128 + interrupted.signum)
+      if self.p.consecutive_nonfinite >= self.max_nonfinite:
+        self.save()
+        self.bar.close()
+        raise MetaTrainingStopped(
+            f"meta-training stopped at meta-step {i + 1}: {self.p.consecutive_nonfinite} "
+            f"non-finite meta-losses or meta-gradients in a row (max_consecutive_nonfinite="
+            f"{self.max_nonfinite}); the best phi so far (validation score "
+            f"{self.p.best_valid:.4g}) is kept in the exception's result", self.result())
+    self.save()
+    self.bar.close()
+    jax.block_until_ready(self.best_phi)
+    return self.result()
+
+  def meta_step_and_validate(self, i: int) -> bool:
+    """Meta-step ``i`` (fresh runs first when the current ones ended); validate if due."""
+    p, truncation = self.p, self.cfg.truncation
+    if p.unrolls_done >= truncation.unrolls_per_run(p.stage):
+      k_runs, k_next = jax.random.split(self.state.key)
+      runs = self.start_runs(self.state.phi, self.family, k_runs)
+      self.state = shard_over_devices(self.state._replace(runs=runs, key=k_next))
+      p.unrolls_done = 0
+    self.state, metrics = self.meta_step(self.family, self.state)
+    p.unrolls_done += 1
+    p.history.meta_loss.append(float(metrics["meta_loss"]))
+    if bool(metrics["finite"]):
+      p.consecutive_nonfinite = 0
+    else:
+      p.num_skipped += 1
+      p.consecutive_nonfinite += 1
+      p.unrolls_done = truncation.unrolls_per_run(p.stage)  # runs may be non-finite: restart
+    if not ((i + 1) % self.cfg.validation.every == 0 or i + 1 == self.cfg.num_meta_steps):
+      return False
+    score = self.validate(self.evaluated_phi(), i + 1)
+    if score < p.best_valid:
+      self.best_phi, p.best_valid, p.stalls = self.evaluated_phi(), score, 0
+      return True
+    p.stalls += 1
+    if self.cfg.validation.collapsed(score, p.best_valid):
+      self.restart_from(self.best_phi)
+      p.history.restored_at.append(i + 1)
+    stage = truncation.next_stage(p.stage, p.stalls)
+    if stage != p.stage:  # validation stopped improving: a longer horizon, from the best phi
+      p.stage, p.stalls = stage, 0
+      self.restart_from(self.best_phi)
+      p.unrolls_done = truncation.unrolls_per_run(stage)  # fresh runs at the new horizon
+      p.history.stage_start.append(i + 1)
+      p.best_valid = self.validate(self.best_phi, i + 1)
+    return True
