@@ -24,16 +24,16 @@ import numpy as np
 from metaopt import command_line
 from metaopt.baselines import BASELINES
 from metaopt.checkpoint import load_meta_params
+from metaopt.config import MetaTrainConfig
 from metaopt.data import load_dataset
 from metaopt.experiment import TEST_SET, ExperimentConfig, Variant
-from metaopt.config import MetaTrainConfig
 from metaopt.networks import LSTMConfig
 from metaopt.problems.art import ArtFamily, resize_images
 from metaopt.problems.features import random_features, vgg16_from_npz
 from metaopt.rule import learned_rule
 from metaopt.truncation import Truncation
-from metaopt.validation import Validation
 from metaopt.unroll import jitted_loss_curves, sample_tasks
+from metaopt.validation import Validation
 
 NUM_TRAIN_CONTENTS = 2000
 LOSS_WEIGHTS = dict(content_weight=1.0, style_weight=30.0, tv_weight=0.3)

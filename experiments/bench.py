@@ -22,12 +22,12 @@ import jax.numpy as jnp
 import optax
 
 import metaopt
-from metaopt.evaluate import git_commit, malloc_in_use
 from metaopt.config import MetaTrainConfig
+from metaopt.evaluate import git_commit, malloc_in_use
 from metaopt.meta_step import prepare
-from metaopt.truncation import Truncation
 from metaopt.networks import LSTMConfig
 from metaopt.problems import MLPFamily, QuadraticFamily
+from metaopt.truncation import Truncation
 
 
 def _alternated_median_seconds(calls, reps: int) -> list[float]:

@@ -12,7 +12,7 @@ one; ``lstm_sub``) use RNNprop inputs and tanh-bounded outputs (Lv et al. 2017)
 and are meta-trained with imitation of Adam on half of the runs (Chen et al.
 2020); ``lstm_paper`` is the paper's own two-LSTM rule (log/sign inputs, linear
 output, plain meta-objective), evaluated on CIFAR-10: at this meta-training
-budget it stays behind tuned NAG, which the other options fix (README). It is
+budget it stays behind tuned NAG, which the other options fix (docs/results.md). It is
 optional: ``RULES=lstm_shared,lstm_sub,lstm_paper make cifar`` runs it too.
 Run: ``make cifar`` (full) or ``QUICK=1 make cifar``.
 """
@@ -25,9 +25,9 @@ import numpy as np
 
 from experiments import generalize
 from metaopt import command_line
+from metaopt.config import MetaTrainConfig
 from metaopt.data import load_dataset
 from metaopt.experiment import ExperimentConfig, ExtraRule, Variant
-from metaopt.config import MetaTrainConfig
 from metaopt.networks import GroupedLSTMConfig, LSTMConfig
 from metaopt.objectives import Imitation, Objective
 from metaopt.problems.classification import classification_metrics
@@ -97,8 +97,7 @@ def config(quick: bool = False, data_dir: str | None = None) -> ExperimentConfig
       ExtraRule("lstm_shared", full, RNNPROP_LSTM, dataclasses.replace(train, seed=1)),
       ExtraRule("lstm_sub", family(train_x, train_y, SUB_TRAIN_CLASSES), two_lstms(RNNPROP_LSTM),
                 dataclasses.replace(train, seed=2), variants=("cifar5", "cifar2")),
-      # The paper's own rule: optional (RULES=lstm_shared,lstm_sub,lstm_paper make cifar), which
-      # keeps the default run's wall time further under the 90-minute budget (README).
+      # The paper's own rule: optional (RULES=lstm_shared,lstm_sub,lstm_paper make cifar).
       ExtraRule("lstm_paper", full, two_lstms(PAPER_LSTM), paper_train, variants=("cifar10",),
                 optional=True),
   )

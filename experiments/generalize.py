@@ -12,9 +12,9 @@ evaluated next to it. Run: ``make generalize`` (full) or ``QUICK=1 make generali
 from __future__ import annotations
 
 from metaopt import command_line
+from metaopt.config import MetaTrainConfig
 from metaopt.data import load_dataset
 from metaopt.experiment import ExperimentConfig, ExtraRule, Variant
-from metaopt.config import MetaTrainConfig
 from metaopt.networks import LSTMConfig
 from metaopt.objectives import Imitation, Objective
 from metaopt.problems.augment import AugmentedFamily

@@ -56,7 +56,8 @@ def config(quick: bool = False, data_dir: str | None = None) -> ExperimentConfig
   return ExperimentConfig(
       name="generalize_ablation", family=base, train_family=generalize.augment(base),
       lstm=generalize.GENERAL_LSTM, rule_name="lstm_general", train=train,
-      eval_steps=train.truncation.horizon, variants=generalize.variants(quick, data_dir), extra_rules=extra,
+      eval_steps=train.truncation.horizon, variants=generalize.variants(quick, data_dir),
+      extra_rules=extra,
       baselines=("adam",),
       num_test_problems=4 if quick else 16, num_tune_problems=2 if quick else 8,
       lr_grid=(1e-3, 1e-2, 1e-1, 1.0) if quick else tuple(10.0 ** (k / 2) for k in range(-8, 1)),

@@ -8,9 +8,9 @@ layers and ReLU. Run: ``make mnist`` (full) or ``QUICK=1 make mnist``.
 from __future__ import annotations
 
 from metaopt import command_line
+from metaopt.config import MetaTrainConfig
 from metaopt.data import load_dataset
 from metaopt.experiment import ExperimentConfig, Variant
-from metaopt.config import MetaTrainConfig
 from metaopt.networks import LSTMConfig
 from metaopt.problems.mlp import MLPFamily, classification_metrics
 from metaopt.truncation import Truncation

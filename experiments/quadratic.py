@@ -6,8 +6,8 @@ Run: ``make quadratic`` (full) or ``QUICK=1 make quadratic`` / ``--quick`` (seco
 from __future__ import annotations
 
 from metaopt import command_line
-from metaopt.experiment import ExperimentConfig
 from metaopt.config import MetaTrainConfig
+from metaopt.experiment import ExperimentConfig
 from metaopt.networks import LSTMConfig
 from metaopt.problems import QuadraticFamily
 from metaopt.truncation import Truncation

@@ -343,7 +343,7 @@ def compare_block(keys: list[str], summaries: dict[str, pathlib.Path]) -> str:
       opts = s["variants"].get(variant, {}).get("optimizers", {})
       base = [n for n in opts if _is_baseline(n)]
       if base:
-        best[variant] = min(((_final(opts[n]), n, opts[n]) for n in base))
+        best[variant] = min((_final(opts[n]), n, opts[n]) for n in base)
         break
   header = ["run", "rule"] + [f"{v} ({(first.get(v) or {}).get('steps', '')} steps)".replace(
       " ( steps)", "") for v in variants]

@@ -5,7 +5,7 @@ They run through exactly the same unroll as the learned rule.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

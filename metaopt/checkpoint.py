@@ -4,6 +4,11 @@ Files are flax msgpack: ``{"format", "metaopt_version", "config", "params",
 "metadata"}``; ``format`` versions the layout. Loading
 checks phi's structure and shapes against the stored configuration, and (when
 asked) that the configuration is the expected one.
+
+The rules shipped in ``metaopt/pretrained/`` are listed in its ``MANIFEST.json``
+(SHA-256, the experiment, results file and commit each came from);
+:func:`load_pretrained` checks a file against it. Whole-training-state
+checkpoints (meta-training resume) are :mod:`metaopt.train_checkpoint`.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from metaopt.networks import RuleConfig, config_from_dict, init_meta_params
 
 FORMAT = "metaopt.meta_params/1"
 PRETRAINED_DIR = pathlib.Path(__file__).parent / "pretrained"
+MANIFEST = PRETRAINED_DIR / "MANIFEST.json"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -131,11 +137,40 @@ def list_pretrained() -> list[str]:
   return sorted(p.stem for p in PRETRAINED_DIR.glob("*.msgpack"))
 
 
+def pretrained_manifest() -> list[dict]:
+  """Where each shipped pretrained rule came from, from ``metaopt/pretrained/MANIFEST.json``.
+
+  Returns:
+    One dict per shipped rule, sorted by name: ``name``, ``sha256`` (of its
+    ``.msgpack`` file), ``experiment``, ``make_target``, ``results_file`` (the
+    file under ``results/`` it is a copy of), ``commit`` (the code the
+    experiment ran at, from its ``summary.json``) and ``shipped_in`` (the commit
+    that added the file).
+
+  Raises:
+    FileNotFoundError: the manifest is missing from the installed package.
+
+  Example:
+    >>> {m["name"]: m["results_file"] for m in pretrained_manifest()}["quadratic"]
+    'results/quadratic/lstm.msgpack'
+  """
+  if not MANIFEST.is_file():
+    raise FileNotFoundError(f"the pretrained rules' manifest {MANIFEST} is missing")
+  return sorted(json.loads(MANIFEST.read_text()), key=lambda entry: entry["name"])
+
+
 def load_pretrained(name: str) -> tuple[Any, RuleConfig, dict]:
-  """Load a shipped pretrained rule by name (e.g. ``"quadratic"``).
+  """Load a shipped pretrained rule by name (e.g. ``"quadratic"``), checked against the manifest.
+
+  Args:
+    name: one of :func:`list_pretrained`.
 
   Returns:
     ``(phi, config, metadata)``; ``learned_rule(phi, config)`` is the optimizer.
+
+  Raises:
+    ValueError: no such rule, or its file is not the one the manifest lists
+      (missing from it, or a different SHA-256).
 
   Example:
     >>> phi, config, _ = load_pretrained("quadratic")
@@ -143,76 +178,11 @@ def load_pretrained(name: str) -> tuple[Any, RuleConfig, dict]:
   path = PRETRAINED_DIR / f"{name}.msgpack"
   if not path.is_file():
     raise ValueError(f"no pretrained rule named {name!r}; available: {list_pretrained()}")
+  entry = {m["name"]: m for m in pretrained_manifest()}.get(name)
+  if entry is None:
+    raise ValueError(f"pretrained rule {path} is not listed in {MANIFEST}")
+  digest = hashlib.sha256(path.read_bytes()).hexdigest()
+  if digest != entry["sha256"]:
+    raise ValueError(f"pretrained rule {path} has SHA-256 {digest}, but {MANIFEST} lists "
+                     f"{entry['sha256']} (from {entry['results_file']}): the file was altered")
   return load_meta_params(path)
-
-
-# ---------------------------------------------------------------------------
-# Whole-training-state checkpoints (meta-training resume).
-
-TRAIN_FORMAT = "metaopt.train_state/1"
-_MAGIC = b"METAOPT-CKPT1\n"
-
-
-class CorruptCheckpointError(ValueError):
-  """A checkpoint file is truncated or its checksum does not match."""
-
-
-def _is_key(x) -> bool:
-  return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
-def save_tree_checkpoint(path: str | os.PathLike, tree: Any, meta: dict) -> None:
-  """Save a pytree of arrays (typed PRNG keys included) and JSON-like ``meta``, atomically.
-
-  The file is a magic line, the SHA-256 of the payload and the msgpack payload,
-  so truncation and bit flips are detected on load.
-  """
-  leaves = jax.tree.leaves(tree)
-  payload = serialization.msgpack_serialize({
-      "format": TRAIN_FORMAT,
-      "meta": meta,
-      "key_leaves": [i for i, x in enumerate(leaves) if _is_key(x)],
-      "leaves": {str(i): np.asarray(jax.random.key_data(x) if _is_key(x) else x)
-                 for i, x in enumerate(leaves)},
-  })
-  atomic_write_bytes(path, _MAGIC + hashlib.sha256(payload).digest() + payload)
-
-
-def load_tree_checkpoint(path: str | os.PathLike, template: Any) -> tuple[Any, dict]:
-  """Load a checkpoint written by :func:`save_tree_checkpoint` into ``template``'s structure.
-
-  Raises:
-    CorruptCheckpointError: truncated file or checksum mismatch (the message names the path).
-    ValueError: the arrays do not fit ``template`` (another configuration).
-  """
-  path = pathlib.Path(path)
-  raw = path.read_bytes()
-  head = len(_MAGIC) + 32
-  if len(raw) < head or not raw.startswith(_MAGIC):
-    raise CorruptCheckpointError(f"checkpoint {path} is truncated or not a metaopt checkpoint")
-  payload = raw[head:]
-  if hashlib.sha256(payload).digest() != raw[len(_MAGIC):head]:
-    raise CorruptCheckpointError(f"checkpoint {path} is corrupt (checksum mismatch)")
-  data = serialization.msgpack_restore(payload)
-  if data.get("format") != TRAIN_FORMAT:
-    raise ValueError(f"checkpoint {path} has format {data.get('format')!r}, expected {TRAIN_FORMAT!r}")
-  template_leaves, treedef = jax.tree.flatten(template)
-  stored = data["leaves"]
-  if len(stored) != len(template_leaves):
-    raise ValueError(f"checkpoint {path} holds {len(stored)} arrays; this configuration needs "
-                     f"{len(template_leaves)}")
-  keys = set(data["key_leaves"])
-  leaves = []
-  for i, like in enumerate(template_leaves):
-    value = stored[str(i)]
-    if _is_key(like) != (i in keys):
-      raise ValueError(f"checkpoint {path}: array {i} is {'not ' if i not in keys else ''}a PRNG key")
-    if _is_key(like):
-      leaves.append(jax.random.wrap_key_data(value, impl=jax.random.key_impl(like)))
-      continue
-    like = np.asarray(like)
-    if value.shape != like.shape or value.dtype != like.dtype:
-      raise ValueError(f"checkpoint {path}: array {i} is {value.dtype}{list(value.shape)}, this "
-                       f"configuration needs {like.dtype}{list(like.shape)}")
-    leaves.append(jax.numpy.asarray(value))
-  return treedef.unflatten(leaves), data["meta"]

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import os
 import pathlib
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from metaopt.experiment import ExperimentConfig, run_experiment
 

@@ -84,7 +84,8 @@ def _load_idx_dataset(folder: pathlib.Path, name: str) -> Dataset:
     if arrays[f"{split}_images"].shape[1:] != (28, 28):
       raise DataError(f"{name}: {split} images have shape {arrays[f'{split}_images'].shape[1:]}, "
                       "expected (28, 28)")
-  return _checked(Dataset(arrays["train_images"][..., None], arrays["train_labels"].astype(np.int32),
+  return _checked(Dataset(arrays["train_images"][..., None],
+                          arrays["train_labels"].astype(np.int32),
                           arrays["test_images"][..., None], arrays["test_labels"].astype(np.int32),
                           10), name)
 
@@ -124,7 +125,12 @@ def _checked(ds: Dataset, name: str) -> Dataset:
 
 
 def _load_tfds(name: str, tfds_data_dir: str | None, manual_dir: str | None) -> Dataset:
-  import tensorflow_datasets as tfds
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError as e:
+    raise ImportError(f"loading {name!r} without a local data directory needs "
+                      "tensorflow-datasets: pip install 'metaopt[data]' (or set $METAOPT_DATA_DIR "
+                      "to a folder of the original files)") from e
 
   config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
   splits = tfds.load(name, split=["train", "test"], batch_size=-1, as_supervised=True,

@@ -1,4 +1,7 @@
-"""Loss curves over held-out problems -> ``summary.json`` (DESIGN.md section 6) and plots."""
+"""Loss curves over held-out problems -> ``summary.json`` and plots.
+
+The results schema is described in docs/design.md (results files).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,8 @@ import os
 import pathlib
 import platform
 import subprocess
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -83,7 +87,8 @@ def git_commit() -> str:
 
 
 def malloc_in_use() -> str:
-  """The allocator of this process: a loaded ``tcmalloc`` / ``jemalloc`` / ``mimalloc``, else "system".
+  """The allocator of this process: a loaded ``tcmalloc`` / ``jemalloc`` / ``mimalloc``, else
+  "system".
 
   XLA:CPU allocates fresh buffers on every call; a caching allocator (e.g.
   ``LD_PRELOAD=libtcmalloc_minimal.so.4``, which the Makefile sets when it is
@@ -98,7 +103,7 @@ def malloc_in_use() -> str:
 
 def make_summary(experiment: str, variants: Mapping[str, dict], meta_train_seconds: float,
                  eval_seconds: float, **extra: Any) -> dict:
-  """Assemble the summary dict shared by all experiments (DESIGN.md section 6)."""
+  """Assemble the summary dict shared by all experiments (docs/design.md, results files)."""
   return {
       "experiment": experiment,
       "commit": git_commit(),
@@ -123,7 +128,8 @@ def format_table(summary: dict) -> str:
   """A plain-text table: final mean loss +- sem per optimizer and variant, best first."""
   lines = []
   for variant, v in summary["variants"].items():
-    lines.append(f"[{variant}] loss at step {v['steps']} over {v['num_test_problems']} test problems")
+    lines.append(f"[{variant}] loss at step {v['steps']} "
+                 f"over {v['num_test_problems']} test problems")
     rows = sorted(v["optimizers"].items(),
                   key=lambda kv: np.inf if kv[1]["final_loss_mean"] is None
                   else kv[1]["final_loss_mean"])
@@ -143,7 +149,10 @@ def plot_curves(summary: dict, path: str | os.PathLike,
   ``main`` (the experiment's own learned rule) is drawn bold black, other
   learned rules (names starting with ``lstm``) dashed.
   """
-  import matplotlib
+  try:
+    import matplotlib
+  except ImportError as e:
+    raise ImportError("plot_curves needs matplotlib: pip install 'metaopt[experiments]'") from e
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 

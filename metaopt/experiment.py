@@ -16,7 +16,13 @@ import numpy as np
 
 from metaopt.baselines import BASELINES, tune_baselines
 from metaopt.checkpoint import load_meta_params, load_pretrained, save_meta_params
-from metaopt.evaluate import format_table, make_summary, plot_curves, summarize_curves, write_summary
+from metaopt.evaluate import (
+  format_table,
+  make_summary,
+  plot_curves,
+  summarize_curves,
+  write_summary,
+)
 from metaopt.experiment_config import TEST_SET, TUNE_SET, ExperimentConfig, ExtraRule, Variant
 from metaopt.rule import learned_rule
 from metaopt.trainer import meta_train
@@ -31,7 +37,8 @@ def _summarize(cfg: ExperimentConfig, variant: Variant, curves, final, hyperpara
     for name, values in metrics.items():
       values = np.asarray(values, np.float64)
       entry[f"{name}_mean"] = float(values.mean())
-      entry[f"{name}_sem"] = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+      sem = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
+      entry[f"{name}_sem"] = float(sem)
   return entry
 
 

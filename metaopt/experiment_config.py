@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from metaopt.baselines import BASELINES, DEFAULT_GRID
 from metaopt.config import MetaTrainConfig
@@ -123,7 +124,8 @@ class ExperimentConfig:
   def __post_init__(self):
     unknown = [b for b in self.baselines if b not in BASELINES]
     if unknown:
-      raise ValueError(f"ExperimentConfig.baselines: unknown {unknown}; allowed {sorted(BASELINES)}")
+      raise ValueError(f"ExperimentConfig.baselines: unknown {unknown}; allowed "
+                       f"{sorted(BASELINES)}")
     grid = [float(r) for r in self.lr_grid]
     if len(grid) < 3 or min(grid) <= 0:
       raise ValueError(f"ExperimentConfig.lr_grid must hold at least 3 positive learning rates, "
@@ -151,4 +153,7 @@ class ExperimentConfig:
         raise ValueError(f"ExtraRule {r.name!r}: unknown variants {unknown}; variants are {names}")
 
   def all_variants(self) -> tuple[Variant, ...]:
-    return tuple(self.variants) if self.variants else (Variant("base", self.family, self.eval_steps),)
+    """The variants, or the one default variant ``base``."""
+    if self.variants:
+      return tuple(self.variants)
+    return (Variant("base", self.family, self.eval_steps),)

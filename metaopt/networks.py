@@ -5,9 +5,8 @@ One set of weights is shared by all coordinates; each coordinate has its own
 gets a state of shape ``(hidden,) + s`` per layer, and the inputs are
 ``(features,) + s``. Every gate and unit is then a contiguous array shaped like
 the parameter, so the gate nonlinearities vectorize over coordinates and the
-gate products are ``[4H, K] @ [K, coordinates]`` (the optax step is about 1.2-1.3x
-faster on CPU than with the coordinate-leading layout; the meta-step is unchanged
-within noise; README, "Speed and memory").
+gate products are ``[4H, K] @ [K, coordinates]`` (docs/performance.md compares the
+layouts).
 """
 
 from __future__ import annotations

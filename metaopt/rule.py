@@ -125,7 +125,7 @@ def learned_step(
     moments = AdamMoments(treedef.unflatten(m), treedef.unflatten(v), count)
   net = CoordinatewiseLSTM(config)
   updates, new_h, new_c = [], [[] for _ in hidden], [[] for _ in cell]
-  # (F,) + s -> (F, coordinates): a bitcast on one device (README, "Speed and memory").
+  # (F,) + s -> (F, coordinates): a bitcast on one device (docs/performance.md).
   flat = (lambda x: x.reshape(x.shape[0], -1)) if flatten_coordinates else (lambda x: x)
   for i, g in enumerate(leaves):
     out, hs, cs = net.apply(meta_params, g.reshape(-1) if flatten_coordinates else g,
@@ -145,7 +145,7 @@ def learned_step(
   )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def rule_factory(config: RuleConfig):
   """``phi -> learned_rule(phi, config)``, one object per config (a stable jit static argument)."""
   return functools.partial(learned_rule, config=config)

@@ -30,6 +30,7 @@ from metaopt.train_checkpoint import TrainCheckpointer
 from metaopt.unroll import sample_tasks
 from metaopt.validation import VALIDATION_SET, validation_score
 
+
 @dataclasses.dataclass
 class History:
   """Per-meta-step and per-validation records (lists of Python numbers)."""
@@ -135,15 +136,16 @@ def meta_train(family: ProblemFamily, config: RuleConfig, cfg: MetaTrainConfig,
   if resume and checkpoint_dir is None:
     raise ValueError("meta_train: resume=True needs a checkpoint_dir")
   start = time.perf_counter()
-  prepared = prepare(family, config, cfg, meta_optimizer, estimator)
-  identity = {"rule": config.to_dict(),
-              "meta_train": {k: v for k, v in cfg.to_dict().items() if k != "num_meta_steps"},
-              "estimator": type(prepared.estimator).__name__,
-              "meta_optimizer": "default" if meta_optimizer is None else "custom"}
-  checkpointer = None if checkpoint_dir is None else TrainCheckpointer(checkpoint_dir, identity)
   # SIGINT/SIGTERM are caught from the start (compilation included) and acted on after
   # the current meta-step: checkpoint, then exit.
-  with SignalFlag(checkpointer is not None) as interrupted:
+  with SignalFlag(checkpoint_dir is not None) as interrupted:
+    prepared = prepare(family, config, cfg, meta_optimizer, estimator)
+    identity = {"rule": config.to_dict(),
+                "meta_train": {k: v for k, v in cfg.to_dict().items() if k != "num_meta_steps"},
+                "estimator": type(prepared.estimator).__name__,
+                "meta_optimizer": "default" if meta_optimizer is None else "custom"}
+    checkpointer = None if checkpoint_dir is None else TrainCheckpointer(checkpoint_dir,
+                                                                         identity)
     loop = _Loop(family, valid_family or family, config, cfg, prepared, checkpointer,
                  checkpoint_every, max_consecutive_nonfinite, progress)
     loop.start = start

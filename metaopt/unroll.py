@@ -8,7 +8,8 @@ meta-training differentiates it with respect to the learned rule's phi.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +34,10 @@ class UnrollState(NamedTuple):
   opt_state: Any
   key: jax.Array
   step: jax.Array
+
+
+# (gradients, params, optimizer state) at a step -> a value recorded by the unroll.
+Probe = Callable[[Any, Any, Any], Any]
 
 
 def init_unroll(optimizer: optax.GradientTransformation, family: ProblemFamily,
@@ -122,10 +127,6 @@ def unroll(optimizer: optax.GradientTransformation, family: ProblemFamily, task:
                               jax.random.fold_in(state.key, state.step))
   losses = jnp.concatenate([losses, final_loss[None]])
   return (state, losses) if probe is None else (state, losses, probed)
-
-
-# (gradients, params, optimizer state) at a step -> a value recorded by the unroll.
-Probe = Callable[[Any, Any, Any], Any]
 
 
 @jax.custom_vjp
@@ -229,7 +230,7 @@ def jitted_loss_curves(make_optimizer: Callable[..., optax.GradientTransformatio
   the same callable object to hit the cache).
 
   Example:
-    >>> curves, (params, model_state) = jitted_loss_curves(optax.adam, fam, tasks, keys, 100, (0.1,))
+    >>> curves, (params, state) = jitted_loss_curves(optax.adam, fam, tasks, keys, 100, (0.1,))
   """
   return loss_curves(make_optimizer(*opt_args), family, tasks, keys, num_steps)
 

@@ -9,8 +9,15 @@ import optax
 import pytest
 from flax import struct
 
-from metaopt import (Imitation, MetaTrainConfig, Objective, Truncation, TruncatedBackprop,
-                     Validation, meta_train)
+from metaopt import (
+  Imitation,
+  MetaTrainConfig,
+  Objective,
+  TruncatedBackprop,
+  Truncation,
+  Validation,
+  meta_train,
+)
 from metaopt.meta_step import prepare
 from metaopt.networks import LSTMConfig
 from metaopt.problems import QuadraticFamily

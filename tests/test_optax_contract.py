@@ -1,4 +1,4 @@
-"""optax's common contract for optimizers, applied to the learned rule (DESIGN.md section 5)."""
+"""optax's common contract for optimizers, applied to the learned rule (docs/design.md, adding a rule family)."""
 
 import os
 import subprocess
@@ -14,7 +14,6 @@ import pytest
 import metaopt
 from metaopt.networks import LSTMConfig
 from metaopt.rule import learned_rule
-
 
 RNNPROP = LSTMConfig(preprocessing="rnnprop", output_activation="tanh", output_scale=0.1)
 
@@ -136,7 +135,8 @@ def test_masked_and_partition_with_a_hand_designed_rule(rule):
   chex.assert_trees_all_close(updates["w"], alone["w"])
   chex.assert_trees_all_close(updates["b"], jnp.full(4, -0.1), rtol=1e-5)
   masked = optax.masked(rule, {"w": True, "b": False})
-  u, _ = masked.update({"w": grads["w"], "b": grads["b"]}, masked.init({"w": params["w"], "b": params["b"]}))
+  u, _ = masked.update({"w": grads["w"], "b": grads["b"]},
+                       masked.init({"w": params["w"], "b": params["b"]}))
   chex.assert_trees_all_close(u["w"], alone["w"])
   chex.assert_trees_all_equal(u["b"], grads["b"])
 
