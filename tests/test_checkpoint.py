@@ -20,7 +20,8 @@ def test_round_trip(tmp_path):
 def test_other_configuration_is_refused_with_the_difference_named(tmp_path):
   save_meta_params(tmp_path / "phi.msgpack", init_meta_params(LSTMConfig(), jax.random.key(0)),
                    LSTMConfig())
-  with pytest.raises(ValueError, match=r"another network configuration: hidden_sizes: file has \[20, 20\], expected \[10, 10\]"):
+  with pytest.raises(ValueError, match=r"another network configuration: hidden_sizes: "
+                                       r"file has \[20, 20\], expected \[10, 10\]"):
     load_meta_params(tmp_path / "phi.msgpack", LSTMConfig(hidden_sizes=(10, 10)))
 
 
