@@ -16,18 +16,23 @@ export QUICK RESUME RULES
 MALLOC_LIB ?= $(firstword $(wildcard /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4))
 RUN := $(if $(MALLOC_LIB),LD_PRELOAD=$(MALLOC_LIB) TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD=1099511627776 )$(PY)
 
-.PHONY: install test quadratic mnist mnist-long cifar art generalize generalize-ablation bench clean
+.PHONY: install test lint quadratic mnist mnist-long cifar art generalize generalize-ablation bench clean
 
-$(STAMP): setup.cfg pyproject.toml
+# constraints.txt pins every dependency to the versions the results were produced with.
+$(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --durations=10 tests
+
+# ruff, configured in pyproject.toml ([tool.ruff]).
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 quadratic: $(STAMP)
 	$(RUN) -m experiments.quadratic

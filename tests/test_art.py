@@ -23,7 +23,7 @@ def test_features_shapes_gram_and_determinism():
   np.testing.assert_allclose(g, g.T, rtol=1e-6)
   assert np.all(np.linalg.eigvalsh(np.asarray(g, np.float64)) > -1e-4)   # PSD
   again = features(random_features(0, (4, 8, 8)), image)
-  np.testing.assert_array_equal(feats[2], again[2])                     # a pure function of the seed
+  np.testing.assert_array_equal(feats[2], again[2])  # a pure function of the seed
   assert not np.allclose(features(random_features(1, (4, 8, 8)), image)[2], feats[2])
 
 
@@ -65,7 +65,8 @@ def test_vgg16_npz_loading_and_its_errors(tmp_path):
   arrays, c_in = {}, 3
   for b, n in enumerate(VGG16_BLOCKS[:2], start=1):
     for i in range(1, n + 1):
-      arrays[f"conv{b}_{i}_W"] = np.random.default_rng(b * 10 + i).normal(size=(3, 3, c_in, 2 * b)).astype(np.float32)
+      rng = np.random.default_rng(b * 10 + i)
+      arrays[f"conv{b}_{i}_W"] = rng.normal(size=(3, 3, c_in, 2 * b)).astype(np.float32)
       arrays[f"conv{b}_{i}_b"] = np.zeros(2 * b, np.float32)
       c_in = 2 * b
   np.savez(tmp_path / "vgg.npz", **arrays)

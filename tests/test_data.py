@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from metaopt.data import DATA_DIR_ENV, DataError, load_dataset
+
 from conftest import SHARED_DATA as SHARED
 
 needs_data = pytest.mark.skipif(not (SHARED / "mnist").is_dir(),
@@ -36,7 +37,8 @@ def test_mnist_from_the_original_files():
   ds = load_dataset("mnist", SHARED)
   assert ds.train_images.shape == (60000, 28, 28, 1) and ds.train_images.dtype == np.uint8
   assert ds.test_images.shape == (10000, 28, 28, 1)
-  assert ds.train_labels.dtype == np.int32 and ds.train_labels.min() == 0 and ds.train_labels.max() == 9
+  assert ds.train_labels.dtype == np.int32
+  assert ds.train_labels.min() == 0 and ds.train_labels.max() == 9
   np.testing.assert_array_equal(np.bincount(ds.test_labels),
                                 [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
   assert int(ds.train_images.sum(dtype=np.int64)) == 1567298545  # shared/data/README.md
@@ -45,7 +47,8 @@ def test_mnist_from_the_original_files():
 @needs_data
 def test_missing_file_names_the_exact_path(tmp_path):
   root = _mnist_dir(tmp_path, {"t10k-labels-idx1-ubyte.gz": None})
-  with pytest.raises(DataError, match=f"missing file {root / 'mnist' / 't10k-labels-idx1-ubyte.gz'}"):
+  missing = root / "mnist" / "t10k-labels-idx1-ubyte.gz"
+  with pytest.raises(DataError, match=f"missing file {missing}"):
     load_dataset("mnist", root)
 
 
@@ -88,13 +91,15 @@ def test_unknown_dataset_and_no_directory(monkeypatch):
 
 @needs_data
 def test_tensorflow_datasets_route_offline_from_the_original_files(tmp_path):
-  pytest.importorskip("tensorflow", reason="the tfds route needs tensorflow-cpu (pip install -e '.[tfds]')")
+  pytest.importorskip("tensorflow",
+                      reason="the tfds route needs tensorflow-cpu (pip install -e '.[data]')")
   ds = load_dataset("mnist", use_tfds=True, tfds_data_dir=str(tmp_path / "tfds"),
                     tfds_manual_dir=str(SHARED / "mnist"))
   local = load_dataset("mnist", SHARED)
   assert ds.train_images.shape == local.train_images.shape
   # tfds reorders the examples: compare the (image, label) pairs as sets.
-  pairs = lambda images, labels: sorted(im.tobytes() + bytes([int(l)]) for im, l in zip(images, labels))
+  pairs = lambda images, labels: sorted(im.tobytes() + bytes([int(label)])
+                                        for im, label in zip(images, labels))
   assert pairs(ds.test_images, ds.test_labels) == pairs(local.test_images, local.test_labels)
   np.testing.assert_array_equal(np.bincount(ds.train_labels), np.bincount(local.train_labels))
   assert int(ds.train_images.sum(dtype=np.int64)) == int(local.train_images.sum(dtype=np.int64))

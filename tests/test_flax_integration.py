@@ -1,4 +1,5 @@
-"""The learned rule inside Flax training loops (linen TrainState and nnx.Optimizer) on real MNIST."""
+"""The learned rule inside Flax training loops (linen TrainState and nnx.Optimizer), on real
+MNIST."""
 
 
 import flax.linen as nn
@@ -11,6 +12,7 @@ from flax import nnx
 from flax.training.train_state import TrainState
 
 import metaopt
+
 from conftest import SHARED_DATA as SHARED
 
 pytestmark = [

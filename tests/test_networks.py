@@ -10,7 +10,8 @@ def _zeros_state(shape, config):
   return tuple(jnp.zeros((h,) + shape) for h in config.hidden_sizes)
 
 
-@pytest.mark.parametrize("config", [LSTMConfig(), LSTMConfig((7, 5, 3), "log_sign", output_scale=0.1)])
+@pytest.mark.parametrize("config",
+                         [LSTMConfig(), LSTMConfig((7, 5, 3), "log_sign", output_scale=0.1)])
 def test_shapes_and_shared_weights(config):
   phi = init_meta_params(config, jax.random.key(0))
   n_features = 1 if config.preprocessing == "none" else 2
@@ -27,7 +28,8 @@ def test_shapes_and_shared_weights(config):
     assert [x.shape for x in c] == [(s,) + shape for s in config.hidden_sizes]
   # The same weights serve any number of coordinates: phi does not depend on the shape.
   n_params = sum(x.size for x in jax.tree.leaves(phi))
-  assert n_params == sum((sizes[i] + h + 1) * 4 * h for i, h in enumerate(config.hidden_sizes)) + sizes[-1] + 1
+  lstm_params = sum((sizes[i] + h + 1) * 4 * h for i, h in enumerate(config.hidden_sizes))
+  assert n_params == lstm_params + sizes[-1] + 1
 
 
 def test_coordinates_are_independent_permutation_equivariant():
@@ -42,7 +44,8 @@ def test_coordinates_are_independent_permutation_equivariant():
   c = tuple(jax.random.normal(jax.random.key(4 + i), (20, n)) for i in range(2))
   perm = jax.random.permutation(jax.random.key(9), n)
   out, h1, c1 = net.apply(phi, g, h, c)
-  out_p, h1_p, c1_p = net.apply(phi, g[perm], tuple(x[:, perm] for x in h), tuple(x[:, perm] for x in c))
+  out_p, h1_p, c1_p = net.apply(phi, g[perm], tuple(x[:, perm] for x in h),
+                                tuple(x[:, perm] for x in c))
   assert float(jnp.std(out)) > 1e-4
   np.testing.assert_allclose(out_p, out[perm], rtol=1e-6, atol=1e-7)
   for a, b in zip(h1 + c1, h1_p + c1_p):
@@ -58,4 +61,5 @@ def test_config_validation():
     LSTMConfig(hidden_sizes=(20, 0))
   with pytest.raises(ValueError, match="unknown preprocessing"):
     LSTMConfig(preprocessing="log")
-  assert LSTMConfig.from_dict(LSTMConfig((3, 4), "log_sign").to_dict()) == LSTMConfig((3, 4), "log_sign")
+  config = LSTMConfig((3, 4), "log_sign")
+  assert LSTMConfig.from_dict(config.to_dict()) == config

@@ -1,4 +1,5 @@
-"""optax's common contract for optimizers, applied to the learned rule (docs/design.md, adding a rule family)."""
+"""optax's common contract for optimizers, applied to the learned rule (docs/design.md, adding
+a rule family)."""
 
 import os
 import subprocess

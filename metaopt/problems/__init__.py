@@ -1,11 +1,12 @@
 """Problem families (optimizees), and a registry to build them by name."""
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from metaopt.problems.augment import AugmentedFamily, AugmentedTask
 from metaopt.problems.base import ProblemFamily
-from metaopt.problems.conv import CONV_GROUPS, ConvFamily, ConvTask, select_classes
 from metaopt.problems.classification import classification_metrics
+from metaopt.problems.conv import CONV_GROUPS, ConvFamily, ConvTask, select_classes
 from metaopt.problems.mlp import MLPFamily, MLPTask
 from metaopt.problems.quadratic import QuadraticFamily, QuadraticTask
 
@@ -25,7 +26,8 @@ FAMILIES: dict[str, Callable[..., Any]] = {"quadratic": QuadraticFamily, "mlp": 
 
 
 def make_family(name: str, **kwargs) -> ProblemFamily:
-  """Build a problem family by name (``"quadratic"``, ``"mlp"`` or ``"conv"``) with its keyword arguments.
+  """Build a problem family by name (``"quadratic"``, ``"mlp"`` or ``"conv"``) with its keyword
+  arguments.
 
   Example:
     >>> fam = make_family("quadratic", dim=10)
@@ -35,6 +37,6 @@ def make_family(name: str, **kwargs) -> ProblemFamily:
   return FAMILIES[name](**kwargs)
 
 
-__all__ = ["AugmentedFamily", "AugmentedTask", "CONV_GROUPS", "ConvFamily", "ConvTask", "FAMILIES", "MLPFamily", "MLPTask",
-           "ProblemFamily", "QuadraticFamily", "QuadraticTask", "classification_metrics",
-           "make_family", "select_classes"]
+__all__ = ["AugmentedFamily", "AugmentedTask", "CONV_GROUPS", "ConvFamily", "ConvTask", "FAMILIES",
+           "MLPFamily", "MLPTask", "ProblemFamily", "QuadraticFamily", "QuadraticTask",
+           "classification_metrics", "make_family", "select_classes"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,7 +34,8 @@ IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
 
 
 class FeatureNet(struct.PyTreeNode):
-  """Conv blocks ``((kernel HWIO, bias), ...)`` per block; ``input_scale``/``input_mean`` map [0, 1] RGB."""
+  """Conv blocks ``((kernel HWIO, bias), ...)`` per block; ``input_scale``/``input_mean`` map
+  [0, 1] RGB."""
 
   blocks: tuple
   input_scale: float = struct.field(pytree_node=False, default=1.0)
@@ -56,7 +58,8 @@ def random_features(seed: int = 0, channels: tuple[int, ...] = (32, 64, 128)) ->
   key = jax.random.key(seed)
   blocks, c_in = [], 3
   for i, c_out in enumerate(channels):
-    kernel = jax.random.normal(jax.random.fold_in(key, i), (3, 3, c_in, c_out)) * np.sqrt(2.0 / (9 * c_in))
+    kernel = (jax.random.normal(jax.random.fold_in(key, i), (3, 3, c_in, c_out))
+              * np.sqrt(2.0 / (9 * c_in)))
     blocks.append(((kernel, jnp.zeros((c_out,))),))
     c_in = c_out
   return FeatureNet(tuple(blocks), name=f"random(seed={seed}, channels={tuple(channels)})")
@@ -88,7 +91,8 @@ def vgg16_from_npz(path: str | os.PathLike, num_blocks: int = 4) -> FeatureNet:
       convs.append((jnp.asarray(w), jnp.asarray(bias)))
       c_in = w.shape[3]
     blocks.append(tuple(convs))
-  return FeatureNet(tuple(blocks), 255.0, IMAGENET_MEAN_RGB, f"vgg16({path.name}, {num_blocks} blocks)")
+  return FeatureNet(tuple(blocks), 255.0, IMAGENET_MEAN_RGB,
+                    f"vgg16({path.name}, {num_blocks} blocks)")
 
 
 def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
