@@ -11,12 +11,12 @@ export METAOPT_DATA_DIR
 # RULES=a,b runs only those extra rules of an experiment (with its main rule).
 export QUICK RESUME RULES
 # XLA:CPU allocates fresh buffers on every call; with the C library's malloc each call re-faults
-# their pages (README "Speed and memory"). Experiments and the bench preload tcmalloc when it is
+# their pages (docs/performance.md). Experiments and the bench preload tcmalloc when it is
 # installed (Debian/Ubuntu: apt-get install libtcmalloc-minimal4); MALLOC_LIB= turns that off.
 MALLOC_LIB ?= $(firstword $(wildcard /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4))
 RUN := $(if $(MALLOC_LIB),LD_PRELOAD=$(MALLOC_LIB) TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD=1099511627776 )$(PY)
 
-.PHONY: install test lint quadratic mnist mnist-long cifar art generalize generalize-ablation bench clean
+.PHONY: install test lint docs quadratic mnist mnist-long cifar art generalize generalize-ablation bench clean
 
 # constraints.txt pins every dependency to the versions the results were produced with.
 $(STAMP): setup.cfg pyproject.toml constraints.txt
@@ -33,6 +33,10 @@ test: $(STAMP)
 # ruff, configured in pyproject.toml ([tool.ruff]).
 lint: $(STAMP)
 	$(PY) -m ruff check .
+
+# Regenerates the tables in README.md and docs/ from results/*/summary.json and bench.json.
+docs: $(STAMP)
+	$(PY) -m experiments.report
 
 quadratic: $(STAMP)
 	$(RUN) -m experiments.quadratic
