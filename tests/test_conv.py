@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,7 @@ import metaopt
 from metaopt.networks import GroupedLSTMConfig, LSTMConfig
 from metaopt.problems import CONV_GROUPS, ConvFamily, classification_metrics, select_classes
 from metaopt.unroll import init_unroll, unroll
+
 from conftest import SHARED_DATA as SHARED
 
 
@@ -97,8 +100,8 @@ def test_two_lstm_groups_split_conv_and_fc_parameters():
   params, _ = fam.init((), jax.random.key(0))
   config = GroupedLSTMConfig((("conv", LSTMConfig()), ("fc", LSTMConfig())), CONV_GROUPS, "fc")
   labels = config.labels(params)
-  assert {l for l in jax.tree.leaves(labels["conv_0"]) + jax.tree.leaves(labels["conv_1"])} == {"conv"}
-  assert {l for l in jax.tree.leaves(labels["fc"]) + jax.tree.leaves(labels["out"])} == {"fc"}
+  assert set(jax.tree.leaves(labels["conv_0"]) + jax.tree.leaves(labels["conv_1"])) == {"conv"}
+  assert set(jax.tree.leaves(labels["fc"]) + jax.tree.leaves(labels["out"])) == {"fc"}
   phi = metaopt.init_meta_params(config, jax.random.key(1))
   opt = metaopt.learned_rule(phi, config)
   state = opt.init(params)
@@ -130,53 +133,63 @@ def test_hand_written_convolution_gradient_matches_autodiff():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_sequential_runs_give_the_same_curves_as_vmapped_runs():
+def test_runs_mapped_one_after_another_give_the_same_curves_as_vmapped_runs():
   from metaopt.unroll import loss_curves, sample_tasks
   fam = _family()
-  assert fam.batch_runs is False
+  assert fam.run_mode == "map"
   tasks, keys = sample_tasks(fam, jax.random.key(0), 2)
   # SGD, not Adam: Adam turns float-rounding noise in ~zero gradients into full-size steps.
-  seq = jax.jit(lambda t, k: loss_curves(optax.sgd(0.1), fam, t, k, 3))(tasks, keys)
-  vec = jax.jit(lambda t, k: loss_curves(optax.sgd(0.1), fam.replace(batch_runs=True), t, k, 3))(
-      tasks, keys)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), seq, vec)
+  curves = lambda f: jax.jit(lambda t, k: loss_curves(optax.sgd(0.1), f, t, k, 3))(tasks, keys)
+  mapped, vmapped = curves(fam), curves(fam.replace(run_mode="vmap"))
+  assert mapped[0].shape == (2, 4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               mapped, vmapped)
+  assert not np.allclose(mapped[0][0], mapped[0][1])   # two different runs, not one twice
 
 
-def test_sequential_meta_loss_and_gradient_equal_the_vmapped_ones():
-  # batch_runs=False: meta-training unrolls the problems one after another (lax.map).
-  from metaopt.meta_train import start_runs, truncated_meta_loss
-  fam, config = _family(), LSTMConfig(preprocessing="log_sign", output_scale=0.1)
+def test_mapped_meta_loss_and_gradient_equal_the_vmapped_ones():
+  # The family's run mode "map": meta-training unrolls the problems one after another.
+  fam = _family(channels=(4,), batch_size=8)
+  config = LSTMConfig(preprocessing="log_sign", output_scale=0.1)
   phi = metaopt.init_meta_params(config, jax.random.key(0))
-  tasks, runs = start_runs(fam, config, phi, jax.random.key(1), 2)
-  meta_grad = lambda f: jax.jit(jax.value_and_grad(
-      lambda p: truncated_meta_loss(p, config, f, tasks, runs, 3)[0]))(phi)
-  seq_loss, seq_grad = meta_grad(fam)
-  vec_loss, vec_grad = meta_grad(fam.replace(batch_runs=True))
-  np.testing.assert_allclose(seq_loss, vec_loss, rtol=1e-4)
+  est = metaopt.TruncatedBackprop(config, unroll_length=2, batch_size=2)
+  runs = jax.jit(est.start_runs)(phi, fam, jax.random.key(1))
+
+  def meta_grad(estimator):
+    loss_fn = lambda p: estimator.meta_loss(p, fam, runs)
+    return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(phi)
+
+  (map_loss, (mapped, map_curves)), map_grad = meta_grad(est)
+  (vec_loss, (vec_runs, vec_curves)), vec_grad = meta_grad(
+      dataclasses.replace(est, run_mode="vmap"))
+  np.testing.assert_allclose(map_loss, vec_loss, rtol=1e-4)
+  np.testing.assert_allclose(map_curves, vec_curves, rtol=1e-4, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5),
+               mapped.states.model_state, vec_runs.states.model_state)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6),
-               seq_grad, vec_grad)
-  assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(seq_grad))
+               map_grad, vec_grad)
+  assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(map_grad))
 
 
 def test_make_cifar_rule_meta_trains_both_lstms_on_imitation_runs_of_the_conv_net():
-  import dataclasses
   from experiments import cifar
-  from metaopt.meta_train import init_train_state, make_meta_step
-  paper, train = cifar.train_configs(quick=True)
-  assert paper.imitation_prob == 0 and train == dataclasses.replace(paper, **cifar.IMITATION)
+  from metaopt.meta_step import prepare
+  _, train = cifar.train_configs(quick=True)
   config = cifar.two_lstms(cifar.RNNPROP_LSTM)
-  cfg = dataclasses.replace(train, imitation_prob=1.0, unroll_length=2, horizon=4)
-  fam = _family()
-  state = init_train_state(fam, config, cfg)
-  step = make_meta_step(config, cfg)
+  imitation = dataclasses.replace(train.objective.imitation, prob=1.0)
+  cfg = dataclasses.replace(train, truncation=metaopt.Truncation(horizon=4, unroll_length=2),
+                            objective=dataclasses.replace(train.objective, imitation=imitation))
+  fam = _family(channels=(4,), batch_size=8)
+  _, _, state, step = prepare(fam, config, cfg)
+  assert bool(np.all(state.runs.settings.imitate))
   new, metrics = step(fam, state)
   assert bool(metrics["finite"]) and float(metrics["meta_loss"]) > 0
-  for group in ("conv", "fc"):   # the imitation error reaches each group's LSTM
+  for group in ("conv", "fc"):   # the imitation distance reaches each group's LSTM
     moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), new.phi[group], state.phi[group])
     assert max(jax.tree.leaves(moved)) > 0, group
   # Batch-norm statistics move along the imitation run (the optimizee follows Adam).
-  assert not np.allclose(jax.tree.leaves(new.runs.model_state)[0],
-                         jax.tree.leaves(state.runs.model_state)[0])
+  assert not np.allclose(jax.tree.leaves(new.runs.states.model_state)[0],
+                         jax.tree.leaves(state.runs.states.model_state)[0])
 
 
 @pytest.mark.skipif("cifar" not in metaopt.list_pretrained(), reason="no shipped CIFAR rule")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import metaopt
-from metaopt.experiment import (ExperimentConfig, ExtraRule, Variant, default_extra_rules,
-                                only_extra_rules, run_experiment)
-from metaopt.meta_train import MetaTrainConfig
+from metaopt import MetaTrainConfig, Truncation, Validation
+from metaopt.command_line import default_extra_rules, only_extra_rules, with_seed
+from metaopt.experiment import ExperimentConfig, ExtraRule, Variant, run_experiment
 from metaopt.networks import LSTMConfig
 from metaopt.problems import QuadraticFamily
 
@@ -22,15 +22,24 @@ TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 def test_tiny_experiment_writes_summary_plot_and_a_loadable_rule(tmp_path):
   cfg = ExperimentConfig(
       name="quadratic", family=QuadraticFamily(dim=4), lstm=LSTMConfig((8,)),
-      train=MetaTrainConfig(horizon=10, unroll_length=5, batch_size=8, num_meta_steps=4,
-                            valid_every=2, num_valid_problems=4),
+      train=MetaTrainConfig(truncation=Truncation(horizon=10, unroll_length=5), batch_size=8,
+                            num_meta_steps=4, validation=Validation(every=2, num_problems=4)),
       eval_steps=10, num_test_problems=6, num_tune_problems=4, lr_grid=(1e-3, 1e-2, 1e-1, 1.0))
   summary = run_experiment(cfg, tmp_path, progress=False)
   on_disk = json.loads((tmp_path / "summary.json").read_text())
   assert on_disk == json.loads(json.dumps(summary))
-  for key in ("experiment", "commit", "device", "jax_version", "meta_train_seconds", "eval_seconds"):
+  for key in ("experiment", "commit", "device", "jax_version", "meta_train_seconds",
+              "eval_seconds"):
     assert key in on_disk
   assert on_disk["malloc"] in ("system", "tcmalloc", "jemalloc", "mimalloc")
+  # The meta-training record: the nested configuration and the validation history.
+  assert MetaTrainConfig.from_dict(on_disk["meta_train_config"]) == cfg.train
+  assert on_disk["lstm_config"] == json.loads(json.dumps(cfg.lstm.to_dict()))
+  history = on_disk["meta_train_history"]
+  assert set(history) == {"valid_step", "valid_loss", "valid_horizon", "restored_at",
+                          "stage_start", "num_skipped"}
+  assert history["valid_step"] == [0, 2, 4] and history["valid_horizon"] == [10, 10, 10]
+  assert len(history["valid_loss"]) == 3 and history["num_skipped"] == 0
   base = on_disk["variants"]["base"]
   assert base["steps"] == 10 and base["num_test_problems"] == 6
   assert set(base["optimizers"]) == {"lstm", "sgd", "rmsprop", "adam", "nag"}
@@ -46,14 +55,16 @@ def test_tiny_experiment_writes_summary_plot_and_a_loadable_rule(tmp_path):
   assert (tmp_path / "curves.png").stat().st_size > 1000
   phi, config, meta = metaopt.checkpoint.load_meta_params(tmp_path / "lstm.msgpack")
   assert config == cfg.lstm and meta["experiment"] == "quadratic"
-  updates, _ = metaopt.learned_rule(phi, config).update(np.ones(4, np.float32),
-                                                        metaopt.learned_rule(phi, config).init(np.ones(4, np.float32)))
+  assert MetaTrainConfig.from_dict(meta["train"]) == cfg.train
+  assert meta["best_valid_loss"] == min(history["valid_loss"])
+  rule = metaopt.learned_rule(phi, config)
+  updates, _ = rule.update(np.ones(4, np.float32), rule.init(np.ones(4, np.float32)))
   assert np.all(np.isfinite(updates))
 
 
 def test_extra_rules_are_trained_saved_and_evaluated_on_their_variants(tmp_path):
-  train = MetaTrainConfig(horizon=4, unroll_length=2, batch_size=4, num_meta_steps=2,
-                          valid_every=2, num_valid_problems=2)
+  train = MetaTrainConfig(truncation=Truncation(horizon=4, unroll_length=2), batch_size=4,
+                          num_meta_steps=2, validation=Validation(every=2, num_problems=2))
   small, big = QuadraticFamily(dim=3), QuadraticFamily(dim=5)
   cfg = ExperimentConfig(
       name="q", family=small, lstm=LSTMConfig((4,)), train=train, eval_steps=4,
@@ -67,7 +78,8 @@ def test_extra_rules_are_trained_saved_and_evaluated_on_their_variants(tmp_path)
   assert set(big_opts) == {"lstm", "lstm_other", "sgd", "sgd_retuned"}
   # Re-tuned on tune_family (dim 3: the very problems of the base tuning), not on the
   # variant's own dim-5 family, which would give different grid losses.
-  assert big_opts["sgd_retuned"]["lr_grid"] == summary["variants"]["small"]["optimizers"]["sgd"]["lr_grid"]
+  small_opts = summary["variants"]["small"]["optimizers"]
+  assert big_opts["sgd_retuned"]["lr_grid"] == small_opts["sgd"]["lr_grid"]
   assert summary["extra_rules"]["lstm_other"]["lstm_config"]["hidden_sizes"] == [6]
   phi, config, _ = metaopt.checkpoint.load_meta_params(tmp_path / "lstm_other.msgpack")
   assert config == LSTMConfig((6,))
@@ -80,10 +92,11 @@ def test_extra_rules_are_trained_saved_and_evaluated_on_their_variants(tmp_path)
 
 
 def test_only_extra_rules_keeps_the_named_rules_and_optional_rules_run_only_when_named():
-  train = MetaTrainConfig(horizon=4, unroll_length=2, num_meta_steps=1)
+  train = MetaTrainConfig(truncation=Truncation(horizon=4, unroll_length=2), num_meta_steps=1)
   fam = QuadraticFamily(dim=3)
   rules = tuple(ExtraRule(n, fam, LSTMConfig((4,)), train) for n in ("lstm_a", "lstm_b", "lstm_c"))
-  cfg = ExperimentConfig(name="q", family=fam, lstm=LSTMConfig((4,)), train=train, extra_rules=rules)
+  cfg = ExperimentConfig(name="q", family=fam, lstm=LSTMConfig((4,)), train=train,
+                         extra_rules=rules)
   picked = only_extra_rules(cfg, ["lstm_c", "lstm_a"])
   assert [r.name for r in picked.extra_rules] == ["lstm_a", "lstm_c"]
   assert picked.lstm == cfg.lstm and picked.variants == cfg.variants
@@ -95,6 +108,42 @@ def test_only_extra_rules_keeps_the_named_rules_and_optional_rules_run_only_when
   cfg = dataclasses.replace(cfg, extra_rules=rules[:2] + (optional,))
   assert [r.name for r in default_extra_rules(cfg).extra_rules] == ["lstm_a", "lstm_b"]
   assert [r.name for r in only_extra_rules(cfg, ["lstm_c"]).extra_rules] == ["lstm_c"]
+
+
+def test_seed_flag_meta_trains_every_rule_from_that_seed_into_its_own_folder(tmp_path,
+                                                                            monkeypatch):
+  import metaopt.command_line as command_line
+  train = MetaTrainConfig(truncation=Truncation(horizon=4, unroll_length=2), num_meta_steps=1,
+                          seed=0)
+  fam = QuadraticFamily(dim=3)
+  rules = (ExtraRule("lstm_a", fam, LSTMConfig((4,)), dataclasses.replace(train, seed=5)),
+           ExtraRule("lstm_b", fam, LSTMConfig((4,)), train, optional=True))
+  cfg = ExperimentConfig(name="q", family=fam, lstm=LSTMConfig((4,)), train=train,
+                         extra_rules=rules, seed=7)
+  seeded = with_seed(cfg, 3)
+  assert seeded.train == dataclasses.replace(train, seed=3)
+  assert [r.train.seed for r in seeded.extra_rules] == [3, 3]
+  assert seeded.seed == 7                      # the tuning and test problems stay the same
+  calls = []
+
+  def fake_run(cfg, out, progress, checkpoint_dir, resume):
+    calls.append((cfg, pathlib.Path(out), pathlib.Path(checkpoint_dir), resume))
+    return {"ok": True}
+
+  monkeypatch.setattr(command_line, "run_experiment", fake_run)
+  monkeypatch.chdir(tmp_path)
+  for var in ("QUICK", "RESUME", "RULES"):
+    monkeypatch.delenv(var, raising=False)
+  assert command_line.main("q", lambda quick: cfg, ["--seed", "3", "--no-progress"]) == {"ok": True}
+  ran, out, checkpoints, resume = calls[-1]
+  assert out == pathlib.Path("results", "q_seed3") and not resume
+  assert checkpoints.parts[-2:] == ("results", "q_seed3")
+  assert ran.train.seed == 3 and [r.name for r in ran.extra_rules] == ["lstm_a"]
+  assert ran.extra_rules[0].train.seed == 3
+  command_line.main("q", lambda quick: cfg, ["--rules", "lstm_b", "--no-progress"])
+  ran, out, _, _ = calls[-1]
+  assert out == pathlib.Path("results", "q") and ran.train.seed == 0
+  assert [(r.name, r.train.seed) for r in ran.extra_rules] == [("lstm_b", 0)]
 
 
 def test_variants_done_survive_a_failure_in_a_later_one(tmp_path, monkeypatch):
@@ -110,8 +159,8 @@ def test_variants_done_survive_a_failure_in_a_later_one(tmp_path, monkeypatch):
   fam = QuadraticFamily(dim=3)
   cfg = ExperimentConfig(
       name="q", family=fam, lstm=LSTMConfig((4,)), eval_steps=4, baselines=("sgd",),
-      train=MetaTrainConfig(horizon=4, unroll_length=2, batch_size=4, num_meta_steps=2,
-                            valid_every=2, num_valid_problems=2),
+      train=MetaTrainConfig(truncation=Truncation(horizon=4, unroll_length=2), batch_size=4,
+                            num_meta_steps=2, validation=Validation(every=2, num_problems=2)),
       variants=(Variant("first", fam, 4), Variant("second", fam, 4)),
       num_test_problems=3, num_tune_problems=2, lr_grid=(1e-3, 1e-2, 1e-1))
   with pytest.raises(RuntimeError, match="killed"):
@@ -137,9 +186,11 @@ def test_bad_experiment_configuration_is_rejected_before_any_compute():
 
 def test_unknown_problem_family_name_is_rejected():
   import pytest
+
   from metaopt.problems import make_family
 
-  with pytest.raises(ValueError, match=r"unknown problem family 'cifar'; expected one of \['conv', 'mlp', 'quadratic'\]"):
+  with pytest.raises(ValueError, match=r"unknown problem family 'cifar'; "
+                                       r"expected one of \['conv', 'mlp', 'quadratic'\]"):
     make_family("cifar")
   assert make_family("quadratic", dim=3).dim == 3
 
@@ -157,7 +208,8 @@ def test_quick_quadratic_make_target_runs_end_to_end(tmp_path, monkeypatch):
   assert written["variants"]["base"]["num_test_problems"] == 32
   lstm = summary["variants"]["base"]["optimizers"]["lstm"]
   assert lstm["final_loss_mean"] < lstm["loss_mean"][0]
-  assert list((tmp_path / ".cache" / "checkpoints" / "quick" / "quadratic").glob("step_*.ckpt"))
+  checkpoints = tmp_path / ".cache" / "checkpoints" / "quick" / "quadratic"
+  assert [p for p in checkpoints.glob("step_*") if p.is_dir()]  # orbax step folders
 
 
 @pytest.mark.skipif(not pathlib.Path(TCMALLOC).exists(), reason="tcmalloc not installed")
@@ -169,7 +221,6 @@ def test_malloc_in_use_sees_a_preloaded_tcmalloc():
 
 
 def test_late_rise_smooths_one_step_bumps_and_catches_late_divergence():
-  from experiments.tables import late_rises
   from metaopt.evaluate import late_rise
   steps = np.arange(301)
   falling = 2.0 * np.exp(-steps / 50) + 0.3
@@ -186,14 +237,6 @@ def test_late_rise_smooths_one_step_bumps_and_catches_late_divergence():
   assert late_rise(falling, 100, window=10)[0] == pytest.approx(falling[91:101].mean())
   with pytest.raises(ValueError, match="late_rise needs"):
     late_rise(falling, 5, window=10)
-  summary = {"variants": {
-      "short": {"steps": 100, "num_test_problems": 4, "optimizers": {}},
-      "long": {"steps": 300, "num_test_problems": 4, "optimizers": {
-          "ok": {"loss_mean": list(falling)}, "bad": {"loss_mean": list(diverging)}}}}}
-  table = late_rises(summary, 100)
-  assert "short" not in table
-  assert "| `ok` |" in table and table.split("| `ok` |")[1].split("\n")[0].endswith("no |")
-  assert table.split("| `bad` |")[1].split("\n")[0].endswith("yes |")
 
 
 def test_git_commit_is_metaopt_commit_when_set_else_the_checkout(monkeypatch):

@@ -1,6 +1,4 @@
-"""The generalization options (issue: RNNprop inputs, augmentation, curriculum, log objective)."""
-
-import json
+"""The generalization options: RNNprop inputs, augmentation, curriculum."""
 
 import jax
 import jax.numpy as jnp
@@ -9,14 +7,15 @@ import optax
 import pytest
 
 import metaopt
-from metaopt.checkpoint import save_tree_checkpoint
+from metaopt import MetaTrainConfig, Truncation, Validation, meta_train
 from metaopt.experiment import ExperimentConfig, ExtraRule, Variant, run_experiment
-from metaopt.meta_train import (Checkpointer, MetaTrainConfig, init_train_state, meta_train,
-                                truncated_meta_loss)
+from metaopt.meta_step import prepare
 from metaopt.networks import LSTMConfig, init_meta_params
 from metaopt.preprocess import adam_features
 from metaopt.problems import QuadraticFamily
 from metaopt.problems.augment import AugmentedFamily
+from metaopt.unroll import sample_tasks
+from metaopt.validation import VALIDATION_SET, validation_score
 
 RNNPROP = LSTMConfig((8,), preprocessing="rnnprop", output_activation="tanh", output_scale=0.1)
 
@@ -80,59 +79,37 @@ def test_augmented_family_rescales_parameters_and_adds_a_convex_term():
     AugmentedFamily(base, convex_prob=2.0)
 
 
-def test_log_objective_sums_log_losses():
-  fam = QuadraticFamily(dim=3)
-  cfg = MetaTrainConfig(horizon=4, unroll_length=4, batch_size=3, num_valid_problems=2)
-  state = init_train_state(fam, LSTMConfig(), cfg)
-  loss, (_, losses) = truncated_meta_loss(state.phi, LSTMConfig(), fam, state.tasks, state.runs,
-                                          4, objective="log_loss")
-  np.testing.assert_allclose(loss, jnp.mean(jnp.sum(jnp.log(losses[:, 1:]), axis=1)), rtol=1e-5)
-
-
 def test_curriculum_moves_to_longer_horizons_when_validation_stalls():
   # A meta-learning rate too small to change phi: every validation stalls.
-  cfg = MetaTrainConfig(horizon=4, unroll_length=2, curriculum=(6, 10), batch_size=2,
-                        num_meta_steps=8, meta_learning_rate=1e-30, valid_every=2,
-                        num_valid_problems=2)
-  result = meta_train(QuadraticFamily(dim=3), LSTMConfig((4,)), cfg, progress=False)
+  cfg = MetaTrainConfig(truncation=Truncation(horizon=4, unroll_length=2, curriculum=(6, 10)),
+                        batch_size=2, num_meta_steps=8, meta_learning_rate=1e-30,
+                        validation=Validation(every=2, num_problems=2))
+  fam, config = QuadraticFamily(dim=3), LSTMConfig((4,))
+  result = meta_train(fam, config, cfg, progress=False)
   h = result.history
-  assert h["stage_start"] == [2, 4]
-  assert h["valid_horizon"] == [4, 4, 6, 6, 10, 10, 10]
-  assert h["valid_step"] == [0, 2, 2, 4, 4, 6, 8]
+  assert h.stage_start == [2, 4]
+  assert h.valid_horizon == [4, 4, 6, 6, 10, 10, 10]
+  assert h.valid_step == [0, 2, 2, 4, 4, 6, 8]
+  # Each stage scores the (unchanged) phi on the fixed validation set at its own horizon.
+  phi = prepare(fam, config, cfg).state.phi
+  tasks, keys = sample_tasks(fam, jax.random.fold_in(jax.random.key(cfg.seed), VALIDATION_SET), 2)
+  for horizon, i in ((4, 0), (6, 2), (10, 4)):
+    expected = validation_score(phi, config, fam, tasks, keys, horizon, cfg.validation)
+    assert h.valid_loss[i] == pytest.approx(expected, rel=1e-5), horizon
   # The best phi is scored on the last stage's horizon.
-  assert result.best_valid_loss == min(h["valid_loss"][4:])
-  with pytest.raises(ValueError, match="curriculum must increase"):
-    MetaTrainConfig(horizon=20, unroll_length=10, curriculum=(10,))
-  with pytest.raises(ValueError, match="meta_objective"):
-    MetaTrainConfig(meta_objective="loss_squared")
-
-
-def test_checkpoints_from_before_the_new_options_still_resume(tmp_path):
-  cfg = MetaTrainConfig(horizon=4, unroll_length=2, batch_size=2, num_valid_problems=2)
-  checkpointer = Checkpointer(tmp_path, LSTMConfig((4,)), cfg)
-  old = json.loads(json.dumps(checkpointer.identity))
-  for field in ("curriculum", "curriculum_patience", "meta_objective"):
-    old["meta_train_config"].pop(field)
-  for field in ("output_activation", "beta1", "beta2"):
-    old["lstm_config"].pop(field)
-  tree = {"x": jnp.arange(3.0)}
-  save_tree_checkpoint(tmp_path / "step_000000002.ckpt", tree, {**old, "loop": {"step": 2}})
-  restored, loop = checkpointer.restore(tree)
-  assert loop == {"step": 2}
-  other = Checkpointer(tmp_path, LSTMConfig((4,)), MetaTrainConfig(
-      horizon=4, unroll_length=2, batch_size=2, num_valid_problems=2, meta_objective="log_loss"))
-  with pytest.raises(ValueError, match="meta_objective: checkpoint has 'loss', this run has 'log_loss'"):
-    other.restore(tree)
+  assert result.best_valid_loss == min(h.valid_loss[4:])
+  assert len(h.meta_loss) == 8 and result.num_skipped == 0
 
 
 def test_experiment_with_an_augmented_main_rule_and_a_pretrained_one(tmp_path):
   fam = QuadraticFamily()
-  train = MetaTrainConfig(horizon=4, unroll_length=2, batch_size=2, num_meta_steps=2,
-                          valid_every=2, num_valid_problems=2)
+  train = MetaTrainConfig(truncation=Truncation(horizon=4, unroll_length=2), batch_size=2,
+                          num_meta_steps=2, validation=Validation(every=2, num_problems=2))
   _, paper_config, _ = metaopt.load_pretrained("quadratic")
   cfg = ExperimentConfig(
-      name="g", family=fam, train_family=AugmentedFamily(fam), lstm=RNNPROP, rule_name="lstm_general",
-      train=train, eval_steps=4, variants=(Variant("long", fam, 8, retune=True, reuse_tuned=False),),
+      name="g", family=fam, train_family=AugmentedFamily(fam), lstm=RNNPROP,
+      rule_name="lstm_general", train=train, eval_steps=4,
+      variants=(Variant("long", fam, 8, retune=True, reuse_tuned=False),),
       extra_rules=(ExtraRule("lstm", None, paper_config, train, pretrained="quadratic"),),
       baselines=("adam",), num_test_problems=3, num_tune_problems=2, lr_grid=(1e-3, 1e-2, 1e-1))
   summary = run_experiment(cfg, tmp_path, progress=False)

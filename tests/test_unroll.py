@@ -1,5 +1,3 @@
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +7,7 @@ import pytest
 import metaopt
 from metaopt.problems import QuadraticFamily
 from metaopt.rule import learned_rule
-from metaopt.unroll import init_unroll, jitted_loss_curves, unroll
+from metaopt.unroll import init_unroll, jitted_loss_curves, sample_tasks, unroll
 
 
 def test_two_unrolls_of_ten_equal_one_of_twenty(phi):
@@ -77,7 +75,7 @@ def test_second_order_flag_changes_the_learned_rules_meta_gradient(phi):
 
 def test_loss_curves_vmapped_and_hand_designed_optimizers_share_the_unroll():
   fam = QuadraticFamily()
-  tasks, keys = metaopt.sample_tasks(fam, jax.random.key(0), 8)
+  tasks, keys = sample_tasks(fam, jax.random.key(0), 8)
   curves = jitted_loss_curves(optax.adam, fam, tasks, keys, 30, (jnp.float32(0.1),))[0]
   assert curves.shape == (8, 31)
   # Initial loss of run i is f_i(theta_0): independent of the optimizer.
@@ -99,6 +97,7 @@ def test_remat_gives_the_same_meta_gradient(phi):
 
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                grad(False), grad(True))
+
 
 def test_reused_gradient_gives_the_plain_autodiff_first_order_meta_gradient(phi):
   # The unroll routes f(theta_t) through value_with_gradient (its derivative is the
@@ -138,21 +137,18 @@ def test_reused_gradient_gives_the_plain_autodiff_first_order_meta_gradient(phi)
 
 
 @pytest.mark.parametrize("num_runs", [1, 2])
-def test_unvmapped_runs_give_what_vmap_gives(num_runs, monkeypatch):
-  # map_runs calls fn directly on one run (vmap's size-1 batch axis slows XLA:CPU) and writes
-  # a few large runs out in turn on a CPU (here forced on tiny runs); outputs, their leading
-  # axis and the meta-gradient must be those of the vmapped runs.
-  unroll_lib = sys.modules["metaopt.unroll"]  # metaopt.unroll is also the function's name
+def test_every_run_mode_gives_what_vmap_gives_numbers_and_meta_gradients(num_runs):
+  # map_runs calls fn directly on one run (vmap's size-1 batch axis slows XLA:CPU), loops over
+  # runs ("map") or writes them out in turn ("sequential"); outputs, their leading axis and the
+  # meta-gradient must be those of jax.vmap.
   from metaopt.problems import MLPFamily
-  monkeypatch.setattr(unroll_lib, "MIN_ELEMENTS_PER_RUN_IN_SEQUENCE", 0)
+  from metaopt.unroll import map_runs
   rng = np.random.default_rng(0)
   fam = MLPFamily.from_arrays(rng.integers(0, 256, (64, 4, 4, 1), dtype=np.uint8),
                               rng.integers(0, 10, 64), hidden_sizes=(3,), batch_size=8)
   config = metaopt.LSTMConfig(preprocessing="log_sign", output_scale=0.5)
   phi = jax.tree.map(lambda x: 3.0 * x, metaopt.init_meta_params(config, jax.random.key(3)))
-  tasks, keys = metaopt.sample_tasks(fam, jax.random.key(0), num_runs)
-  assert unroll_lib.runs_in_sequence(num_runs, (tasks, keys)) == (jax.default_backend() == "cpu")
-  assert not unroll_lib.runs_in_sequence(unroll_lib.MAX_RUNS_IN_SEQUENCE + 1, (tasks, keys))
+  tasks, keys = sample_tasks(fam, jax.random.key(0), num_runs)
 
   def run(phi, task, key):
     rule = learned_rule(phi, config, flatten_coordinates=True)
@@ -163,15 +159,20 @@ def test_unvmapped_runs_give_what_vmap_gives(num_runs, monkeypatch):
     totals, states = mapper(lambda t, k: run(phi, t, k), tasks, keys)
     return jnp.sum(totals), (totals, states)
 
-  (a, (totals, states)), grad = jax.jit(jax.value_and_grad(
-      lambda p: total(p, lambda fn, *args: unroll_lib.map_runs(fam, fn, *args)),
-      has_aux=True))(phi)
-  (b, (totals_v, states_v)), grad_v = jax.jit(jax.value_and_grad(
-      lambda p: total(p, lambda fn, *args: jax.vmap(fn)(*args)), has_aux=True))(phi)
-  assert totals.shape == (num_runs,)
-  assert jax.tree.map(jnp.shape, states) == jax.tree.map(jnp.shape, states_v)
-  np.testing.assert_allclose(a, b, rtol=1e-5)
+  def value_and_grad(mapper):
+    return jax.jit(jax.value_and_grad(lambda p: total(p, mapper), has_aux=True))(phi)
+
   numbers = lambda s, g: jax.tree.leaves((s._replace(key=jax.random.key_data(s.key)), g))
-  for x, y in zip(numbers(states, grad), numbers(states_v, grad_v)):
-    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
-  assert float(optax.tree.norm(grad)) > 0
+  (b, (totals_v, states_v)), grad_v = value_and_grad(lambda fn, *args: jax.vmap(fn)(*args))
+  assert float(optax.tree.norm(grad_v)) > 0
+  # One run takes the same direct path in every mode; two runs: mode "vmap" is jax.vmap itself.
+  for mode in ("vmap",) if num_runs == 1 else ("map", "sequential"):
+    (a, (totals, states)), grad = value_and_grad(
+        lambda fn, *args: map_runs(fn, *args, mode=mode))
+    assert totals.shape == (num_runs,), mode
+    assert jax.tree.map(jnp.shape, states) == jax.tree.map(jnp.shape, states_v), mode
+    np.testing.assert_allclose(a, b, rtol=1e-5, err_msg=mode)
+    for x, y in zip(numbers(states, grad), numbers(states_v, grad_v)):
+      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6, err_msg=mode)
+  with pytest.raises(ValueError, match="mode must be one of"):
+    map_runs(lambda t, k: t, tasks, keys, mode="parallel")
