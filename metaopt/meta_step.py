@@ -74,8 +74,8 @@ def shard_over_devices(state: TrainState, devices=None) -> TrainState:
   mesh = jax.sharding.Mesh(np.array(devices), ("runs",))
   split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("runs"))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  state = jax.device_put(state._replace(runs=None), replicated)
-  return state._replace(runs=jax.device_put(state.runs, split))
+  runs = jax.device_put(state.runs, split)
+  return jax.device_put(state._replace(runs=None), replicated)._replace(runs=runs)
 
 
 def init_train_state(family: ProblemFamily, config: RuleConfig, cfg: MetaTrainConfig,

@@ -66,7 +66,5 @@ def test_meta_step_sharded_over_8_devices_matches_one_device(eight_devices):
   assert "SHARDED-OK" in eight_devices.stdout, eight_devices.stderr[-3000:]
 
 
-@pytest.mark.xfail(strict=True, reason="metaopt/meta_step.py:77-78: shard_over_devices reads "
-                   "state.runs after replacing it with None, so the runs are lost")
 def test_shard_over_devices_splits_the_runs_and_keeps_the_numbers(eight_devices):
   assert "SHARD-OVER-DEVICES-OK" in eight_devices.stdout, eight_devices.stderr[-3000:]
