@@ -19,7 +19,7 @@ from metaopt.networks import RuleConfig
 from metaopt.objectives import Objective, draw_run_settings, run_optimizer, run_value
 from metaopt.problems.base import ProblemFamily, Task
 from metaopt.rule import learned_rule
-from metaopt.unroll import UnrollState, init_unroll, map_runs
+from metaopt.unroll import UnrollState, init_unroll, map_runs, run_mode
 
 
 class Runs(NamedTuple):
@@ -109,7 +109,7 @@ class TruncatedBackprop:
       return run_value(self.objective, rule, family, task, state, setting, self.unroll_length,
                        self.second_order, self.remat)
 
-    mode = self.run_mode or family.run_mode
+    mode = self.run_mode or run_mode(family)
     values, (states, losses) = map_runs(one, runs.tasks, runs.states, runs.settings, mode=mode)
     return jnp.mean(values), (runs._replace(states=states), losses)
 

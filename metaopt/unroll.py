@@ -186,10 +186,20 @@ def loss_curves(optimizer: optax.GradientTransformation, family: ProblemFamily,
     state = init_unroll(optimizer, family, task, key)
     state, losses = unroll(optimizer, family, task, state, num_steps)
     return losses, (state.params, state.model_state)
-  return map_runs(one_run, tasks, keys, mode=family.run_mode)
+  return map_runs(one_run, tasks, keys, mode=run_mode(family))
 
 
 RUN_MODES = ("vmap", "map", "sequential")
+
+
+def run_mode(family: ProblemFamily) -> str:
+  """The family's declared ``run_mode``; a clear error when it declares none."""
+  mode = getattr(family, "run_mode", None)
+  if mode not in RUN_MODES:
+    raise TypeError(f"{type(family).__name__} must declare run_mode, one of {RUN_MODES} (e.g. "
+                    "run_mode: str = struct.field(pytree_node=False, default='vmap')), got "
+                    f"{mode!r}")
+  return mode
 
 
 def map_runs(fn: Callable, *args: Any, mode: str = "vmap") -> Any:

@@ -24,6 +24,8 @@ class ScalarTask(NamedTuple):
 class ScalarQuadratic(struct.PyTreeNode):
   """f(theta) = scale * theta^2 with theta_0 = 1 (a problem whose optimal SGD rate is known)."""
 
+  run_mode: str = struct.field(pytree_node=False, default="vmap")
+
   def sample_task(self, key):
     del key
     return ScalarTask(jnp.float32(1.0))

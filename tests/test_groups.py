@@ -4,8 +4,9 @@ import numpy as np
 import optax
 import pytest
 
+from metaopt import MetaTrainConfig, Truncation
 from metaopt.checkpoint import load_meta_params, save_meta_params
-from metaopt.meta_train import MetaTrainConfig, init_train_state, make_meta_step
+from metaopt.meta_step import prepare
 from metaopt.networks import GroupedLSTMConfig, LSTMConfig, init_meta_params
 from metaopt.problems.mlp import MLPFamily
 from metaopt.rule import learned_rule
@@ -49,10 +50,9 @@ def test_meta_gradients_reach_every_group_and_checkpoints_round_trip(tmp_path):
   fam = MLPFamily.from_arrays(rng.integers(0, 256, (64, 4, 4, 1), dtype=np.uint8),
                               rng.integers(0, 10, 64), hidden_sizes=(5,), batch_size=16,
                               init_scale=0.1)
-  cfg = MetaTrainConfig(horizon=4, unroll_length=2, batch_size=2, num_meta_steps=2,
-                        valid_every=2, num_valid_problems=2)
-  state = init_train_state(fam, CONFIG, cfg)
-  new_state, metrics = make_meta_step(CONFIG, cfg)(fam, state)
+  cfg = MetaTrainConfig(truncation=Truncation(horizon=4, unroll_length=2), batch_size=2)
+  _, _, state, meta_step = prepare(fam, CONFIG, cfg)
+  new_state, metrics = meta_step(fam, state)
   assert bool(metrics["finite"])
   for group in ("first", "rest"):
     change = optax.tree.norm(jax.tree.map(jnp.subtract, new_state.phi[group], state.phi[group]))

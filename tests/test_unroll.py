@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import struct
 
 import metaopt
 from metaopt.problems import QuadraticFamily
@@ -176,3 +177,19 @@ def test_every_run_mode_gives_what_vmap_gives_numbers_and_meta_gradients(num_run
       np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6, err_msg=mode)
   with pytest.raises(ValueError, match="mode must be one of"):
     map_runs(lambda t, k: t, tasks, keys, mode="parallel")
+
+
+def test_a_family_without_a_run_mode_is_named_in_the_error():
+  class Bare(struct.PyTreeNode):
+    def sample_task(self, key):
+      return jnp.zeros(())
+
+    def init(self, task, key):
+      return jnp.zeros(2), ()
+
+    def loss(self, params, model_state, task, key):
+      return jnp.sum(params ** 2), model_state
+
+  tasks, keys = sample_tasks(Bare(), jax.random.key(0), 2)
+  with pytest.raises(TypeError, match="Bare must declare run_mode"):
+    metaopt.loss_curves(optax.sgd(0.1), Bare(), tasks, keys, 2)
