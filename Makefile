@@ -16,7 +16,7 @@ export QUICK RESUME RULES
 MALLOC_LIB ?= $(firstword $(wildcard /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4))
 RUN := $(if $(MALLOC_LIB),LD_PRELOAD=$(MALLOC_LIB) TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD=1099511627776 )$(PY)
 
-.PHONY: install test lint docs quadratic mnist mnist-long cifar art generalize generalize-ablation bench clean
+.PHONY: install test lint docs quadratic mnist mnist-long cifar art generalize generalize-ablation suite bench clean
 
 # constraints.txt pins every dependency to the versions the results were produced with.
 $(STAMP): setup.cfg pyproject.toml constraints.txt
@@ -58,6 +58,9 @@ generalize: $(STAMP)
 
 generalize-ablation: $(STAMP)
 	$(RUN) -m experiments.generalize_ablation
+
+suite: $(STAMP)
+	$(RUN) -m experiments.suite
 
 bench: $(STAMP)
 	$(RUN) -m experiments.bench

@@ -32,11 +32,12 @@ BASELINES: dict[str, Callable[..., optax.GradientTransformation]] = {
 DEFAULT_GRID: tuple[float, ...] = tuple(float(x) for x in np.logspace(-4, 0, 9))
 
 
-def _final_loss_by_rate(make_optimizer, family, tasks, keys, num_steps, rates) -> np.ndarray:
+def _final_loss_by_rate(make_optimizer, family, tasks, keys, num_steps, rates,
+                        args=()) -> np.ndarray:
   final = []
   for lr in rates:
     curves = jitted_loss_curves(make_optimizer, family, tasks, keys, num_steps,
-                                (jnp.float32(lr),))[0]
+                                (*args, jnp.float32(lr)))[0]
     final.append(float(jnp.mean(curves[:, -1])))
   final = np.asarray(final)
   return np.where(np.isfinite(final), final, np.inf)
@@ -44,8 +45,8 @@ def _final_loss_by_rate(make_optimizer, family, tasks, keys, num_steps, rates) -
 
 def tune_learning_rate(make_optimizer: Callable[..., optax.GradientTransformation],
                        family: ProblemFamily, tasks: Task, keys: jax.Array, num_steps: int,
-                       grid: Sequence[float] = DEFAULT_GRID, max_extensions: int = 6
-                       ) -> tuple[float, dict[float, float]]:
+                       grid: Sequence[float] = DEFAULT_GRID, max_extensions: int = 6,
+                       args: tuple = ()) -> tuple[float, dict[float, float]]:
   """Pick the learning rate with the lowest mean final loss on validation problems.
 
   The grid is log-spaced; if the best rate sits at an edge, the grid is
@@ -59,6 +60,8 @@ def tune_learning_rate(make_optimizer: Callable[..., optax.GradientTransformatio
     num_steps: the horizon whose final loss is minimized.
     grid: increasing positive learning rates, at least 3, log-spaced.
     max_extensions: how many times the grid may grow past an edge.
+    args: leading (traced) arguments of ``make_optimizer`` before the rate, e.g. a learned
+      rule's ``(phi, config)`` to tune its ``learning_rate_multiplier``.
 
   Returns:
     ``(best_rate, {rate: mean final loss})`` (diverged runs count as inf).
@@ -70,7 +73,7 @@ def tune_learning_rate(make_optimizer: Callable[..., optax.GradientTransformatio
   if len(rates) < 3 or rates[0] <= 0:
     raise ValueError(f"learning-rate grid must hold at least 3 positive rates, got {list(grid)}")
   table = dict(zip(rates, _final_loss_by_rate(make_optimizer, family, tasks, keys,
-                                              num_steps, rates)))
+                                              num_steps, rates, args)))
   for _ in range(max_extensions):
     ordered = sorted(table)
     best = min(ordered, key=lambda r: table[r])
@@ -81,7 +84,7 @@ def tune_learning_rate(make_optimizer: Callable[..., optax.GradientTransformatio
     else:
       break
     table[new] = float(_final_loss_by_rate(make_optimizer, family, tasks, keys,
-                                           num_steps, [new])[0])
+                                           num_steps, [new], args)[0])
   best = min(table, key=lambda r: table[r])
   return best, dict(sorted(table.items()))
 

@@ -40,6 +40,7 @@ def summarize_curves(curves: Any, hyperparameters: Mapping[str, Any]) -> dict:
       "loss_sem": clean(sem),
       "final_loss_mean": clean(mean[-1:])[0],
       "final_loss_sem": clean(sem[-1:])[0],
+      "final_losses": clean(curves[:, -1]),
   }
 
 

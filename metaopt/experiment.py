@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import jax
 import numpy as np
 
-from metaopt.baselines import BASELINES, tune_baselines
+from metaopt.baselines import BASELINES, tune_baselines, tune_learning_rate
 from metaopt.checkpoint import load_meta_params, load_pretrained, save_meta_params
 from metaopt.evaluate import (
   format_table,
@@ -47,9 +47,13 @@ def _run_test_metrics(metric_fn, family, test_data, final):
   return jax.lax.map(lambda run: metric_fn(family, test_data, *run), final)
 
 
+def _tuning_set(cfg: ExperimentConfig, family):
+  return sample_tasks(family, jax.random.fold_in(jax.random.key(cfg.seed), TUNE_SET),
+                      cfg.num_tune_problems)
+
+
 def _tune(cfg: ExperimentConfig, family, steps) -> dict:
-  tasks, keys = sample_tasks(family, jax.random.fold_in(jax.random.key(cfg.seed), TUNE_SET),
-                             cfg.num_tune_problems)
+  tasks, keys = _tuning_set(cfg, family)
   return tune_baselines(family, tasks, keys, steps, cfg.baselines, cfg.lr_grid)
 
 
@@ -73,6 +77,15 @@ def evaluate_variant(cfg: ExperimentConfig, variant: Variant, rules: dict, tuned
 
   optimizers = {name: run(learned_rule, (phi, config), hyper)
                 for name, (config, phi, hyper) in rules.items()}
+  if cfg.tune_rule_multiplier:
+    tasks, keys = _tuning_set(cfg, variant.tune_family or variant.family)
+    for name, (config, phi, hyper) in rules.items():
+      best, table = tune_learning_rate(learned_rule, variant.tune_family or variant.family, tasks,
+                                       keys, variant.steps, cfg.lr_grid, args=(phi, config))
+      entry = run(learned_rule, (phi, config, best),
+                  {**hyper, "learning_rate_multiplier": best})
+      entry["lr_grid"] = {f"{m:.6g}": v for m, v in table.items()}
+      optimizers[name + "_tuned"] = entry
   sets = [("", tuned)] if variant.reuse_tuned else []
   if variant.retune:
     retuned = _tune(cfg, variant.tune_family or variant.family, variant.steps)
@@ -82,7 +95,7 @@ def evaluate_variant(cfg: ExperimentConfig, variant: Variant, rules: dict, tuned
       entry = run(BASELINES[name], (t["learning_rate"],), {"learning_rate": t["learning_rate"]})
       entry["lr_grid"] = {f"{lr:.6g}": v for lr, v in t["grid"].items()}
       optimizers[name + suffix] = entry
-  return {"steps": variant.steps, "num_test_problems": cfg.num_test_problems,
+  return {"steps": variant.steps, "num_test_problems": cfg.num_test_problems, **variant.info,
           "optimizers": optimizers}
 
 
@@ -103,7 +116,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | pathlib.Path,
   """
   out_dir = pathlib.Path(out_dir)
   main_rule = ExtraRule(cfg.rule_name, cfg.train_family or cfg.family, cfg.lstm, cfg.train,
-                        valid_family=cfg.family)
+                        valid_family=cfg.family, estimator=cfg.estimator)
   trained, extra = {}, {}
   for rule in (main_rule, *cfg.extra_rules):
     if rule.pretrained is not None:
@@ -113,8 +126,10 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | pathlib.Path,
     folder = checkpoint_dir
     if checkpoint_dir is not None and rule is not main_rule:
       folder = pathlib.Path(checkpoint_dir) / rule.name
-    result = meta_train(rule.family, rule.lstm, rule.train, valid_family=rule.valid_family,
-                        checkpoint_dir=folder, resume=resume, progress=progress)
+    estimator = None if rule.estimator is None else rule.estimator(rule.lstm, rule.train)
+    result = meta_train(rule.family, rule.lstm, rule.train, estimator=estimator,
+                        valid_family=rule.valid_family, checkpoint_dir=folder, resume=resume,
+                        progress=progress)
     print(f"meta-training {rule.name}: {result.seconds:.1f} s, best validation loss "
           f"{result.best_valid_loss:.4g}, skipped meta-steps {result.num_skipped}")
     save_meta_params(out_dir / f"{rule.name}.msgpack", result.phi, rule.lstm,

@@ -8,6 +8,7 @@ from typing import Any
 
 from metaopt.baselines import BASELINES, DEFAULT_GRID
 from metaopt.config import MetaTrainConfig
+from metaopt.estimators import MetaGradientEstimator
 from metaopt.networks import RuleConfig
 from metaopt.problems.base import ProblemFamily
 
@@ -17,6 +18,10 @@ TUNE_SET, TEST_SET = 1, 2
 # (family, test data, final params, final model state of one run) -> {metric name: scalar},
 # e.g. test accuracy.
 TestMetrics = Callable[[ProblemFamily, Any, Any, Any], dict]
+
+
+# (rule config, meta-training config) -> the meta-gradient estimator of that rule.
+Estimating = Callable[[RuleConfig, MetaTrainConfig], MetaGradientEstimator]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +40,7 @@ class Variant:
     reuse_tuned: also evaluate the baselines at the rates tuned on the experiment's
       family. With ``retune=True, reuse_tuned=False`` only the baselines re-tuned
       on this variant are evaluated, under their plain names.
+    info: more JSON fields of this variant's entry in ``summary.json`` (e.g. its split).
   """
 
   name: str
@@ -44,6 +50,7 @@ class Variant:
   tune_family: ProblemFamily | None = None
   test_data: Any = None
   reuse_tuned: bool = True
+  info: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +72,8 @@ class ExtraRule:
     valid_family: where its validation problems come from (default ``family``).
     optional: run only when named in ``--rules`` / ``RULES`` (e.g. a costly reference
       rule kept out of the default run's time budget).
+    estimator: ``(rule config, meta-training config) -> estimator`` for :func:`meta_train`
+      (None: truncated backprop), e.g. ``lambda c, t: PES(c, t.objective, ...)``.
   """
 
   name: str
@@ -75,6 +84,7 @@ class ExtraRule:
   pretrained: str | None = None
   valid_family: ProblemFamily | None = None
   optional: bool = False
+  estimator: Estimating | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +111,9 @@ class ExperimentConfig:
     train_family: the main rule's meta-training problems, if not ``family`` (e.g. an
       :class:`metaopt.problems.AugmentedFamily` of it); validation uses ``family``.
     info: more JSON fields for ``summary.json`` (e.g. which feature network was used).
+    estimator: the main rule's meta-gradient estimator factory (see :class:`ExtraRule`).
+    tune_rule_multiplier: also evaluate each learned rule with its
+      ``learning_rate_multiplier`` tuned per variant on the grid, as ``<name>_tuned``.
   """
 
   name: str
@@ -120,6 +133,8 @@ class ExperimentConfig:
   rule_name: str = "lstm"
   train_family: ProblemFamily | None = None
   info: dict = dataclasses.field(default_factory=dict)
+  estimator: Estimating | None = None
+  tune_rule_multiplier: bool = False
 
   def __post_init__(self):
     unknown = [b for b in self.baselines if b not in BASELINES]
