@@ -4,11 +4,32 @@ from collections.abc import Callable
 from typing import Any
 
 from metaopt.problems.augment import AugmentedFamily, AugmentedTask
+from metaopt.problems.autoencoder import AutoencoderFamily, AutoencoderTask
 from metaopt.problems.base import ProblemFamily
+from metaopt.problems.charlm import CharLMFamily, CharLMTask
 from metaopt.problems.classification import classification_metrics
 from metaopt.problems.conv import CONV_GROUPS, ConvFamily, ConvTask, select_classes
+from metaopt.problems.logistic import LogisticRegressionFamily, LogisticTask
 from metaopt.problems.mlp import MLPFamily, MLPTask
 from metaopt.problems.quadratic import QuadraticFamily, QuadraticTask
+from metaopt.problems.rosenbrock import RosenbrockFamily, RosenbrockTask
+from metaopt.problems.suite import (
+  HELD_OUT_DATA,
+  HELD_OUT_TYPE,
+  META_TRAIN,
+  Suite,
+  SuiteTask,
+  make_suite,
+  normalized_log_loss,
+  suite_specs,
+)
+
+
+def _images(dataset: str, data_dir: str | None, resolution: int | None):
+  from metaopt.data import downsample, load_dataset
+  ds = load_dataset(dataset, data_dir)
+  images = downsample(ds.train_images, resolution) if resolution else ds.train_images
+  return images, ds.train_labels, ds.num_classes
 
 
 def _mlp(dataset: str = "mnist", data_dir: str | None = None, **kwargs) -> MLPFamily:
@@ -22,12 +43,27 @@ def _conv(dataset: str = "cifar10", data_dir: str | None = None, **kwargs) -> Co
   return ConvFamily.from_arrays(ds.train_images, ds.train_labels, **kwargs)
 
 
-FAMILIES: dict[str, Callable[..., Any]] = {"quadratic": QuadraticFamily, "mlp": _mlp, "conv": _conv}
+def _logistic(dataset: str = "mnist", data_dir: str | None = None, resolution: int | None = None,
+              **kwargs) -> LogisticRegressionFamily:
+  images, labels, k = _images(dataset, data_dir, resolution)
+  return LogisticRegressionFamily.from_arrays(images, labels, num_classes=k, **kwargs)
+
+
+def _autoencoder(dataset: str = "mnist", data_dir: str | None = None,
+                 resolution: int | None = 8, **kwargs) -> AutoencoderFamily:
+  return AutoencoderFamily.from_arrays(_images(dataset, data_dir, resolution)[0], **kwargs)
+
+
+FAMILIES: dict[str, Callable[..., Any]] = {
+    "quadratic": QuadraticFamily, "mlp": _mlp, "conv": _conv, "logistic": _logistic,
+    "autoencoder": _autoencoder, "rosenbrock": RosenbrockFamily,
+    "charlm": CharLMFamily.from_stdlib}
 
 
 def make_family(name: str, **kwargs) -> ProblemFamily:
-  """Build a problem family by name (``"quadratic"``, ``"mlp"`` or ``"conv"``) with its keyword
-  arguments.
+  """Build a problem family by name (a key of ``FAMILIES``: ``"quadratic"``, ``"mlp"``,
+  ``"conv"``, ``"logistic"``, ``"autoencoder"``, ``"rosenbrock"``, ``"charlm"``) with its
+  keyword arguments.
 
   Example:
     >>> fam = make_family("quadratic", dim=10)
@@ -37,6 +73,10 @@ def make_family(name: str, **kwargs) -> ProblemFamily:
   return FAMILIES[name](**kwargs)
 
 
-__all__ = ["AugmentedFamily", "AugmentedTask", "CONV_GROUPS", "ConvFamily", "ConvTask", "FAMILIES",
-           "MLPFamily", "MLPTask", "ProblemFamily", "QuadraticFamily", "QuadraticTask",
-           "classification_metrics", "make_family", "select_classes"]
+__all__ = ["AugmentedFamily", "AugmentedTask", "AutoencoderFamily", "AutoencoderTask",
+           "CONV_GROUPS", "CharLMFamily", "CharLMTask", "ConvFamily", "ConvTask", "FAMILIES",
+           "HELD_OUT_DATA", "HELD_OUT_TYPE", "LogisticRegressionFamily", "LogisticTask",
+           "META_TRAIN", "MLPFamily", "MLPTask", "ProblemFamily", "QuadraticFamily",
+           "QuadraticTask", "RosenbrockFamily", "RosenbrockTask", "Suite", "SuiteTask",
+           "classification_metrics", "make_family", "make_suite", "normalized_log_loss",
+           "select_classes", "suite_specs"]

@@ -132,6 +132,8 @@ class ConvFamily(struct.PyTreeNode):
     batch_size: minibatch size (paper: 128).
     num_classes: output units.
     bn_momentum: running-average momentum of the batch-norm statistics.
+    batch_norm: True (paper): batch norm as above; False: no batch norm, no model state
+      (``{}``), and the fully connected layer gets a ``bias``.
     run_mode: ``"map"``: runs go one after another in a loop (vmapping runs turns
       their convolutions into grouped ones, which are slow on CPU).
 
@@ -153,6 +155,7 @@ class ConvFamily(struct.PyTreeNode):
   num_classes: int = struct.field(pytree_node=False, default=10)
   bn_momentum: float = struct.field(pytree_node=False, default=0.9)
   run_mode: str = struct.field(pytree_node=False, default="map")
+  batch_norm: bool = struct.field(pytree_node=False, default=True)
 
   @classmethod
   def from_arrays(cls, images, labels, classes: Sequence[int] | None = None,
@@ -206,11 +209,16 @@ class ConvFamily(struct.PyTreeNode):
     keys = jax.random.split(key, len(self.channels) + 2)
     params, state = {}, {}
     c_in = self.images.shape[-1]
-    bn = lambda c: ({"bn_scale": jnp.ones((c,)), "bn_offset": jnp.zeros((c,))},
-                    {"mean": jnp.zeros((c,)), "var": jnp.ones((c,))})
+
+    def bn(name, c):
+      if not self.batch_norm:
+        return {}
+      state[name] = {"mean": jnp.zeros((c,)), "var": jnp.ones((c,))}
+      return {"bn_scale": jnp.ones((c,)), "bn_offset": jnp.zeros((c,))}
+
     for i, c in enumerate(self.channels):
       fan_in = k * k * c_in
-      bn_params, state[f"conv_{i}"] = bn(c)
+      bn_params = bn(f"conv_{i}", c)
       kernel = jax.random.normal(keys[i], (k, k, c_in, c)) / np.sqrt(fan_in)
       params[f"conv_{i}"] = {"kernel": kernel, "bias": jnp.zeros((c,)), **bn_params}
       c_in = c
@@ -218,7 +226,7 @@ class ConvFamily(struct.PyTreeNode):
     for _ in self.channels:
       h, w = h // 2, w // 2
     flat = h * w * c_in
-    bn_params, state["fc"] = bn(self.fc_size)
+    bn_params = bn("fc", self.fc_size) if self.batch_norm else {"bias": jnp.zeros((self.fc_size,))}
     params["fc"] = {"kernel": jax.random.normal(keys[-2], (flat, self.fc_size)) / np.sqrt(flat),
                     **bn_params}
     params["out"] = {
@@ -239,11 +247,15 @@ class ConvFamily(struct.PyTreeNode):
       p = params[f"conv_{i}"]
       x = conv2d_same(x, p["kernel"]) + p["bias"]
       x = _max_pool(jax.nn.relu(x))
-      x, new_state[f"conv_{i}"] = _batch_norm(x, p["bn_scale"], p["bn_offset"],
-                                              model_state[f"conv_{i}"], train, self.bn_momentum)
+      if self.batch_norm:
+        x, new_state[f"conv_{i}"] = _batch_norm(x, p["bn_scale"], p["bn_offset"],
+                                                model_state[f"conv_{i}"], train, self.bn_momentum)
     x = x.reshape(x.shape[0], -1) @ params["fc"]["kernel"]
-    x, new_state["fc"] = _batch_norm(x, params["fc"]["bn_scale"], params["fc"]["bn_offset"],
-                                     model_state["fc"], train, self.bn_momentum)
+    if self.batch_norm:
+      x, new_state["fc"] = _batch_norm(x, params["fc"]["bn_scale"], params["fc"]["bn_offset"],
+                                       model_state["fc"], train, self.bn_momentum)
+    else:
+      x = x + params["fc"]["bias"]
     x = jax.nn.relu(x)
     return x @ params["out"]["kernel"] + params["out"]["bias"], new_state
 
