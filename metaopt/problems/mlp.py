@@ -18,7 +18,8 @@ from metaopt.problems.classification import classification_metrics, minibatch_cr
 
 __all__ = ["ACTIVATIONS", "MLPFamily", "MLPTask", "classification_metrics"]
 
-ACTIVATIONS = {"sigmoid": jax.nn.sigmoid, "relu": jax.nn.relu, "tanh": jnp.tanh}
+ACTIVATIONS = {"sigmoid": jax.nn.sigmoid, "relu": jax.nn.relu, "tanh": jnp.tanh,
+               "gelu": jax.nn.gelu}
 
 
 class MLPTask(NamedTuple):
@@ -32,7 +33,7 @@ class MLPFamily(struct.PyTreeNode):
     images: uint8 (N, H, W, C) training images (scaled to [0, 1] per minibatch).
     labels: int32 (N,) labels in [0, num_classes).
     hidden_sizes: units per hidden layer (paper's base net: (20,)).
-    activation: "sigmoid" (paper), "relu" or "tanh".
+    activation: "sigmoid" (paper), "relu", "tanh" or "gelu".
     batch_size: minibatch size (paper: 128).
     init_scale: theta_0 ~ N(0, init_scale^2) for every weight and bias.
     num_classes: output units.
