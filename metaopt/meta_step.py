@@ -10,10 +10,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from metaopt.config import MetaTrainConfig
+from metaopt.distributed import Placement
 from metaopt.estimators import MetaGradientEstimator, TruncatedBackprop
 from metaopt.networks import RuleConfig, init_meta_params
 from metaopt.problems.base import ProblemFamily
@@ -64,30 +64,36 @@ def shard_over_devices(state: TrainState, devices=None) -> TrainState:
   """Shard the runs of ``state`` across ``devices`` (default: all), replicate the rest.
 
   jit then runs each device's share of the runs and XLA reduces the meta-gradient
-  across devices; with one device (or runs that do not divide evenly) ``state`` is
-  returned unchanged.
+  across devices; with one device (or, within one process, runs that do not divide
+  evenly) ``state`` is returned unchanged. ``devices`` may span processes
+  (``jax.distributed``); see :class:`metaopt.distributed.Placement`.
   """
-  devices = jax.devices() if devices is None else list(devices)
-  num_runs = jax.tree.leaves(state.runs)[0].shape[0]
-  if len(devices) == 1 or num_runs % len(devices):
-    return state
-  mesh = jax.sharding.Mesh(np.array(devices), ("runs",))
-  split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("runs"))
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  runs = jax.device_put(state.runs, split)
-  return jax.device_put(state._replace(runs=None), replicated)._replace(runs=runs)
+  return Placement(devices).place(state)
 
 
 def init_train_state(family: ProblemFamily, config: RuleConfig, cfg: MetaTrainConfig,
-                     estimator: MetaGradientEstimator, optimizer: optax.GradientTransformation
-                     ) -> TrainState:
-  """phi from ``cfg.seed``, a fresh meta-optimizer state and a first batch of runs."""
+                     estimator: MetaGradientEstimator, optimizer: optax.GradientTransformation,
+                     placement: Placement | None = None) -> TrainState:
+  """phi from ``cfg.seed``, a fresh meta-optimizer state and a first batch of runs.
+
+  With a ``placement`` the state is placed on its mesh; across processes each device
+  draws only its own runs (:meth:`metaopt.distributed.Placement.split_outputs`), the
+  values a single process draws.
+  """
   k_phi, k_data = jax.random.split(jax.random.key(cfg.seed))
   phi = init_meta_params(config, k_phi)
   k_runs, k_data = jax.random.split(k_data)
-  runs = jax.jit(estimator.start_runs)(phi, family, k_runs)
-  return TrainState(phi, optimizer.init(phi), runs, k_data, jnp.zeros((), jnp.int32),
-                    None if cfg.phi_average is None else phi)
+  if placement is None or not placement.multi_process:
+    runs = jax.jit(estimator.start_runs)(phi, family, k_runs)
+    state = TrainState(phi, optimizer.init(phi), runs, k_data, jnp.zeros((), jnp.int32),
+                       None if cfg.phi_average is None else phi)
+    return state if placement is None else placement.place(state)
+  state = placement.put(TrainState(phi, optimizer.init(phi), None, k_data,
+                                   jnp.zeros((), jnp.int32),
+                                   None if cfg.phi_average is None else phi))
+  runs = placement.split_outputs(estimator.start_runs)(state.phi, placement.put(family),
+                                                       placement.put(k_runs))
+  return placement.place(state._replace(runs=runs))
 
 
 def default_estimator(config: RuleConfig, cfg: MetaTrainConfig) -> TruncatedBackprop:
@@ -112,8 +118,12 @@ class Prepared(NamedTuple):
 
 def prepare(family: ProblemFamily, config: RuleConfig, cfg: MetaTrainConfig,
             meta_optimizer: optax.GradientTransformation | None = None,
-            estimator: MetaGradientEstimator | None = None) -> Prepared:
+            estimator: MetaGradientEstimator | None = None,
+            placement: Placement | None = None) -> Prepared:
   """The estimator, the non-finite-skipping meta-optimizer, the first state and the meta-step.
+
+  With a ``placement`` (:class:`metaopt.distributed.Placement`, as :func:`meta_train`
+  passes) the first state is placed on its mesh: runs split, the rest replicated.
 
   Example:
     >>> est, opt, state, meta_step = prepare(QuadraticFamily(), LSTMConfig(), MetaTrainConfig())
@@ -121,6 +131,6 @@ def prepare(family: ProblemFamily, config: RuleConfig, cfg: MetaTrainConfig,
   """
   estimator = estimator or default_estimator(config, cfg)
   optimizer = skipping_nonfinite(meta_optimizer or cfg.meta_optimizer())
-  state = init_train_state(family, config, cfg, estimator, optimizer)
+  state = init_train_state(family, config, cfg, estimator, optimizer, placement)
   return Prepared(estimator, optimizer, state, make_meta_step(estimator, optimizer,
                                                               cfg.phi_average))

@@ -7,6 +7,12 @@ array. Saves are synchronous and atomic (orbax writes a temporary folder and
 renames it). Restoring checks the identity first, then the arrays' shapes and
 dtypes, then every digest, and falls back to the previous checkpoint when the
 newest is damaged.
+
+Under ``jax.distributed`` every process calls :meth:`TrainCheckpointer.save` and
+:meth:`TrainCheckpointer.restore` together (on a file system they share): orbax
+writes each process's shards of the arrays, process 0 the JSON and the folder
+moves, and the digests are of each array's global value (gathered from the
+processes), so a checkpoint restores on any number of processes.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+from metaopt.distributed import is_main_process, to_host
 
 FORMAT = "metaopt.train_state/2"
 _ABSENT = "(absent)"
@@ -75,6 +84,12 @@ def _is_key(x) -> bool:
 
 def _digest(x: np.ndarray) -> str:
   return hashlib.sha256(np.ascontiguousarray(x).reshape(-1).view(np.uint8)).hexdigest()
+
+
+def _sync(name: str) -> None:
+  """A barrier of all processes (nothing with one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"metaopt.train_checkpoint.{name}")
 
 
 def _plain(x: Any) -> Any:
@@ -182,7 +197,7 @@ class TrainCheckpointer:
     arrays, leaves = {}, []
     for i, (key_path, leaf) in enumerate(flat):
       data = jax.random.key_data(leaf) if _is_key(leaf) else leaf
-      host = np.asarray(data)
+      host = to_host(data)  # the global value, gathered when split over processes
       arrays[f"{i:06d}"] = data if isinstance(data, jax.Array) else host
       leaves.append({"path": jax.tree_util.keystr(key_path), "shape": list(host.shape),
                      "dtype": host.dtype.name, "key": str(jax.random.key_impl(leaf))
@@ -192,8 +207,10 @@ class TrainCheckpointer:
     items = {"meta": ocp.args.JsonSave({"body": body, "sha256": _json_digest(body)})}
     if arrays:
       items["state"] = ocp.args.StandardSave(arrays)
-    for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):  # left by a killed save
-      shutil.rmtree(tmp, ignore_errors=True)
+    if is_main_process():
+      for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):  # left by a killed save
+        shutil.rmtree(tmp, ignore_errors=True)
+    _sync("save")
     with self._manager() as manager:
       for old in manager.all_steps():
         if old >= step:  # a later timeline this (resumed) run replaces
@@ -227,8 +244,9 @@ class TrainCheckpointer:
         return self._restore_step(step, template)
       except CorruptCheckpointError as e:
         tried.append(f"{self.path(step)}: {e}")
-        print(f"warning: checkpoint {self.path(step)} is damaged ({e}); trying the previous one",
-              file=sys.stderr)
+        if is_main_process():
+          print(f"warning: checkpoint {self.path(step)} is damaged ({e}); trying the previous "
+                "one", file=sys.stderr)
     raise CheckpointError(f"no readable checkpoint in {self.directory} " + (
         "(tried " + "; ".join(tried) + ")" if tried else "(there is none)"))
 
@@ -280,7 +298,7 @@ class TrainCheckpointer:
       _drop_orphans()
       raise CorruptCheckpointError(f"its arrays are unreadable: {error}")
     for value, want in zip(values, stored):
-      if _digest(np.asarray(value)) != want["sha256"]:
+      if _digest(to_host(value)) != want["sha256"]:
         raise CorruptCheckpointError(f"array {want['path']} fails its checksum")
     leaves = [_restore_like(leaf, value) for (_, leaf), value in zip(flat, values)]
     return treedef.unflatten(leaves), body["info"]
@@ -291,9 +309,11 @@ class TrainCheckpointer:
     if not old:
       return
     replaced = self.directory / "replaced"
-    replaced.mkdir(parents=True, exist_ok=True)
-    for path in old:
-      if (replaced / path.name).exists():
-        shutil.rmtree(replaced / path.name)
-      path.replace(replaced / path.name)
-    print(f"moved {len(old)} old checkpoint(s) to {replaced}", file=sys.stderr)
+    if is_main_process():  # across processes: process 0 moves them, the others wait
+      replaced.mkdir(parents=True, exist_ok=True)
+      for path in old:
+        if (replaced / path.name).exists():
+          shutil.rmtree(replaced / path.name)
+        path.replace(replaced / path.name)
+      print(f"moved {len(old)} old checkpoint(s) to {replaced}", file=sys.stderr)
+    _sync("set_aside")
