@@ -4,7 +4,8 @@ Reproduces Andrychowicz et al., "Learning to learn by gradient descent by
 gradient descent" (NIPS 2016). The public names, one per idea:
 
 - the learned optimizer: :func:`learned_rule` (an optax transform) and its
-  configuration :class:`LSTMConfig` / :class:`GroupedLSTMConfig`;
+  configuration :class:`LSTMConfig` / :class:`GroupedLSTMConfig`, or the
+  per-parameter MLP rule family's :class:`MLPRuleConfig`;
 - trained rules: :func:`save_meta_params`, :func:`load_meta_params`,
   :func:`load_pretrained`, :func:`list_pretrained`;
 - meta-training: :func:`meta_train` with :class:`MetaTrainConfig` and its parts
@@ -19,6 +20,7 @@ from metaopt import checkpoint, problems
 from metaopt.checkpoint import list_pretrained, load_meta_params, load_pretrained, save_meta_params
 from metaopt.config import MetaTrainConfig
 from metaopt.estimators import TruncatedBackprop
+from metaopt.mlp_rule import MLPRuleConfig
 from metaopt.networks import GroupedLSTMConfig, LSTMConfig, init_meta_params
 from metaopt.objectives import Imitation, Objective
 from metaopt.rule import learned_rule
@@ -31,6 +33,6 @@ __all__ = [
     "checkpoint", "GroupedLSTMConfig", "Imitation", "init_meta_params", "init_unroll",
     "learned_rule", "list_pretrained", "load_meta_params", "load_pretrained", "loss_curves",
     "LSTMConfig", "meta_train", "MetaTrainConfig", "MetaTrainingStopped", "MetaTrainResult",
-    "Objective", "problems", "save_meta_params", "Truncation", "TruncatedBackprop", "unroll",
-    "Validation",
+    "MLPRuleConfig", "Objective", "problems", "save_meta_params", "Truncation",
+    "TruncatedBackprop", "unroll", "Validation",
 ]

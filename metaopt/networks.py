@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from metaopt import preprocess as preprocess_lib
+from metaopt.mlp_rule import MLPRuleConfig, init_mlp_meta_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,24 +237,29 @@ class GroupedLSTMConfig:
 
 jax.tree_util.register_static(GroupedLSTMConfig)
 
-RuleConfig = LSTMConfig | GroupedLSTMConfig
+RuleConfig = LSTMConfig | GroupedLSTMConfig | MLPRuleConfig
 
 
 def config_from_dict(d: dict) -> RuleConfig:
-  """Rebuild an :class:`LSTMConfig` or :class:`GroupedLSTMConfig` from its ``to_dict``."""
-  return GroupedLSTMConfig.from_dict(d) if "groups" in d else LSTMConfig.from_dict(d)
+  """Rebuild an :class:`LSTMConfig`, :class:`GroupedLSTMConfig` or ``MLPRuleConfig``."""
+  if "groups" in d:
+    return GroupedLSTMConfig.from_dict(d)
+  if d.get("rule") == "mlp":
+    return MLPRuleConfig.from_dict(d)
+  return LSTMConfig.from_dict(d)
 
 
 def init_meta_params(config: RuleConfig, key: jax.Array) -> dict:
   """Fresh meta-parameters phi for ``config``.
 
   Args:
-    config: the network configuration (one LSTM, or one per group).
+    config: the network configuration (one LSTM, one per group, or an MLP rule's).
     key: a typed PRNG key (``jax.random.key``).
 
   Returns:
     A flax parameter dict ``{"params": ...}``, shared by every coordinate; for
-    a :class:`GroupedLSTMConfig`, ``{group name: such a dict}``.
+    a :class:`GroupedLSTMConfig`, ``{group name: such a dict}``; for an
+    ``MLPRuleConfig``, :func:`metaopt.mlp_rule.init_mlp_meta_params`'s.
 
   Example:
     >>> phi = init_meta_params(LSTMConfig(), jax.random.key(0))
@@ -261,6 +267,8 @@ def init_meta_params(config: RuleConfig, key: jax.Array) -> dict:
   if isinstance(config, GroupedLSTMConfig):
     return {name: init_meta_params(c, jax.random.fold_in(key, i))
             for i, (name, c) in enumerate(config.groups)}
+  if isinstance(config, MLPRuleConfig):
+    return init_mlp_meta_params(config, key)
   g = jnp.zeros((1,), jnp.float32)
   states = tuple(jnp.zeros((h, 1), jnp.float32) for h in config.hidden_sizes)
   features = (jnp.zeros((preprocess_lib.num_features(config.preprocessing), 1), jnp.float32)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from metaopt.mlp_rule import MLPRuleConfig, init_mlp_state, mlp_step
 from metaopt.networks import CoordinatewiseLSTM, GroupedLSTMConfig, LSTMConfig, RuleConfig
 from metaopt.preprocess import adam_features
 
@@ -155,7 +156,7 @@ def learned_rule(meta_params: Any, config: RuleConfig = LSTMConfig(),
                  learning_rate_multiplier: float | jax.Array = 1.0,
                  flatten_coordinates: bool = False,
                  ) -> optax.GradientTransformationExtraArgs:
-  """The coordinatewise LSTM optimizer of Andrychowicz et al. (2016) as an optax transform.
+  """The learned optimizer (coordinatewise LSTM of Andrychowicz et al. 2016, or MLP) as optax.
 
   .. math::
      [g_t, h_{t+1}] = m(\\nabla f(\\theta_t), h_t; \\phi), \\qquad
@@ -175,11 +176,18 @@ def learned_rule(meta_params: Any, config: RuleConfig = LSTMConfig(),
   ``2 * 4 * sum(hidden_sizes)`` bytes per coordinate, i.e. 320 bytes per
   parameter for the default 2 x 20 network.
 
+  **MLP rule family.** With a :class:`metaopt.mlp_rule.MLPRuleConfig` the step is
+  :func:`metaopt.mlp_rule.mlp_step` instead: momenta and a second moment per coordinate
+  (16 bytes per parameter by default, plus row/column statistics per matrix) feed a shared
+  MLP whose direction d and log-magnitude m give ``d * exp(alpha * m) * beta``; its
+  ``update`` reads ``params`` when the config's ``use_params`` is set (the default).
+
   Args:
     meta_params: trained phi (e.g. from :func:`metaopt.checkpoint.load_pretrained`).
-    config: the network configuration phi was trained with. A
-      :class:`metaopt.networks.GroupedLSTMConfig` gives each parameter group its
-      own LSTM (``meta_params`` = ``{group: phi}``) via ``optax.partition``.
+    config: the network configuration phi was trained with (an ``LSTMConfig`` or an
+      ``MLPRuleConfig``). A :class:`metaopt.networks.GroupedLSTMConfig` gives each
+      parameter group its own LSTM (``meta_params`` = ``{group: phi}``) via
+      ``optax.partition``.
     learning_rate_multiplier: scales the updates (a numeric hyper-parameter, so
       ``optax.inject_hyperparams`` can schedule it).
     flatten_coordinates: run the network on each leaf's coordinates as one flat
@@ -213,6 +221,19 @@ def learned_rule(meta_params: Any, config: RuleConfig = LSTMConfig(),
          for name, c in config.groups},
         config.labels)
 
+  if isinstance(config, MLPRuleConfig):
+    def init_mlp(params):
+      _check_float_leaves(params, "params")
+      return init_mlp_state(params, config)
+
+    def update_mlp(updates, state, params=None, **extra_args):
+      del extra_args
+      _check_float_leaves(updates, "gradient")
+      updates, state = mlp_step(meta_params, config, updates, state, params, flatten_coordinates)
+      return _scaled(updates, learning_rate_multiplier), state
+
+    return optax.GradientTransformationExtraArgs(init_mlp, update_mlp)
+
   def init_fn(params):
     _check_float_leaves(params, "params")
     return init_lstm_state(params, config)
@@ -221,8 +242,13 @@ def learned_rule(meta_params: Any, config: RuleConfig = LSTMConfig(),
     del params, extra_args
     _check_float_leaves(updates, "gradient")
     updates, state = learned_step(meta_params, config, updates, state, flatten_coordinates)
-    if not (isinstance(learning_rate_multiplier, (int, float)) and learning_rate_multiplier == 1):
-      updates = jax.tree.map(lambda u: (u * learning_rate_multiplier).astype(u.dtype), updates)
-    return updates, state
+    return _scaled(updates, learning_rate_multiplier), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _scaled(updates: Any, learning_rate_multiplier: float | jax.Array) -> Any:
+  """``updates`` times the multiplier, in their dtypes (untouched for a literal 1)."""
+  if isinstance(learning_rate_multiplier, (int, float)) and learning_rate_multiplier == 1:
+    return updates
+  return jax.tree.map(lambda u: (u * learning_rate_multiplier).astype(u.dtype), updates)

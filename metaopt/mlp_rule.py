@@ -1,0 +1,450 @@
+"""A per-parameter MLP rule family: momentum features -> small MLP -> direction and log-magnitude.
+
+The second rule family next to the paper's coordinatewise LSTM (docs/design.md, "Adding a rule
+family"), in the style of the per-parameter MLP learned optimizers of Metz et al. (2022) and
+VeLO/Celo: every coordinate keeps a few running statistics of its gradient (momenta at several
+decays and a second moment; row and column second moments for matrices), an MLP with weights
+shared by all coordinates reads scale-free features of them and outputs a direction ``d`` and a
+log-magnitude ``m``, and the update is
+
+.. math:: u = d \\cdot \\exp(\\alpha m) \\cdot \\beta.
+
+The MLP runs with the feature axis leading, like :class:`metaopt.networks.CoordinatewiseLSTM`:
+features ``(F,) + s``, hidden units ``(H,) + s``. This module holds the configuration, phi, the
+state and the per-step function; :func:`metaopt.rule.learned_rule` makes it an optax transform.
+It imports nothing from the LSTM modules (``metaopt.networks`` imports it for dispatch).
+
+References:
+  Metz et al., "Practical tradeoffs between memory, compute, and performance in learned
+  optimizers", CoLLAs 2022. https://arxiv.org/abs/2203.11860
+  Metz et al., "VeLO: Training versatile learned optimizers by scaling up", 2022.
+  https://arxiv.org/abs/2211.09760
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPRuleConfig:
+  """Configuration of the per-parameter MLP rule (hashable, serializable).
+
+  Attributes:
+    hidden_sizes: units of each hidden (ReLU) layer of the MLP. One layer of 16 keeps the
+      optax step within 10x ``optax.adam``'s time at 10^6 parameters on a 2-core CPU (``make
+      bench``; the step is bound by arithmetic: 32 units take about 1.7x as long). Networks of
+      at most ``FUSED_MAX_WEIGHTS`` weights run fused, coordinate by coordinate; larger ones
+      with matrix products, about 15x slower per weight on a CPU (:func:`mlp_apply`).
+    momentum_decays: decay of each gradient momentum kept per coordinate (one f32 each).
+    second_moment_decay: decay of the running mean of g^2 (and of its row/column means).
+    exp_mult: alpha, in ``u = d exp(alpha m) beta``. 1: m is the natural log of the step
+      size's factor, so m = +-4.6 spans 100x either way, and meta-gradients of the two heads
+      are of the same order. (Metz et al.'s 0.001 leaves exp(alpha m) ~ 1 unless |m| ~ 1000.)
+    step_mult: beta, the step at d = 1, m = 0 (features are Adam-normalized, so this is like
+      Adam's learning rate: Adam's default 0.001).
+    eps: added (squared) to second moments before their inverse square root.
+    factored: add the gradient normalized by its row's and by its column's running mean
+      square (Adafactor-style statistics over the last two axes; a leaf with fewer than two
+      axes uses the whole leaf's mean square for both).
+    use_params: add the parameter value, normalized by the leaf's root mean square (``update``
+      then needs ``params``).
+    time_scales: tau of the time features tanh(t / tau) (t: steps taken; no run length needed).
+      They are the same for every coordinate, so they only shift the first layer's bias.
+    output_init_scale: std of the output layer's initial weights (small: the untrained rule
+      takes small steps).
+  """
+
+  hidden_sizes: tuple[int, ...] = (16,)
+  momentum_decays: tuple[float, ...] = (0.5, 0.9, 0.99)
+  second_moment_decay: float = 0.999
+  exp_mult: float = 1.0
+  step_mult: float = 0.001
+  eps: float = 1e-8
+  factored: bool = True
+  use_params: bool = True
+  time_scales: tuple[float, ...] = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000)
+  output_init_scale: float = 0.01
+
+  def __post_init__(self):
+    for name in ("hidden_sizes", "momentum_decays", "time_scales"):
+      object.__setattr__(self, name, tuple(getattr(self, name)))
+    object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
+    object.__setattr__(self, "momentum_decays", tuple(float(b) for b in self.momentum_decays))
+    object.__setattr__(self, "time_scales", tuple(float(t) for t in self.time_scales))
+    if any(h <= 0 for h in self.hidden_sizes):
+      raise ValueError(f"MLPRuleConfig.hidden_sizes must be positive, got {self.hidden_sizes}")
+    for b in (*self.momentum_decays, self.second_moment_decay):
+      if not 0 <= b < 1:
+        raise ValueError(f"MLPRuleConfig decays must be in [0, 1), got {b!r}")
+    if any(t <= 0 for t in self.time_scales):
+      raise ValueError(f"MLPRuleConfig.time_scales must be > 0, got {self.time_scales}")
+    for name in ("exp_mult", "step_mult", "eps", "output_init_scale"):
+      value = getattr(self, name)
+      if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"MLPRuleConfig.{name} must be a finite number > 0, got {value!r}")
+
+  @property
+  def num_features(self) -> int:
+    """Per-coordinate inputs of the MLP (the time features only shift its first bias)."""
+    return 1 + len(self.momentum_decays) + 2 * self.factored + self.use_params
+
+  @property
+  def num_weights(self) -> int:
+    """Weights of the MLP's matrices (the time features' excluded)."""
+    sizes = (self.num_features, *self.hidden_sizes, 2)
+    return sum(a * b for a, b in zip(sizes, sizes[1:]))
+
+  @property
+  def state_bytes_per_parameter(self) -> int:
+    """f32 bytes of state per coordinate: the momenta and the second moment."""
+    return 4 * (len(self.momentum_decays) + 1)
+
+  def to_dict(self) -> dict:
+    """Plain-JSON form, used in checkpoints (``"rule": "mlp"`` tells it from an LSTM's)."""
+    d = dataclasses.asdict(self)
+    for name in ("hidden_sizes", "momentum_decays", "time_scales"):
+      d[name] = list(d[name])
+    return {"rule": "mlp", **d}
+
+  @classmethod
+  def from_dict(cls, d: dict) -> MLPRuleConfig:
+    """Inverse of :meth:`to_dict` (fields missing from older files take their defaults)."""
+    return cls(**{k: v for k, v in d.items() if k != "rule"})
+
+
+# A pytree without leaves: a static part of a jitted function's signature (like LSTMConfig).
+jax.tree_util.register_static(MLPRuleConfig)
+
+
+# Up to this many weights the MLP is emitted coordinate by coordinate, fused by XLA (fast);
+# beyond it XLA:CPU's compile time and memory grow steeply (2 x 24 units exhaust 8 GB), so
+# larger networks use matrix products.
+FUSED_MAX_WEIGHTS = 512
+
+
+class MLPRuleState(NamedTuple):
+  """Per-coordinate statistics of the MLP rule, built with tree maps over the params.
+
+  ``momenta[k]`` and ``second_moment`` are f32 trees shaped like the params (4 bytes per
+  coordinate each: 16 bytes per parameter with the default three decays); ``row`` and ``col``
+  hold, per leaf of two or more axes, the running mean square of the gradient over its last
+  axis (shape ``s[:-1]``) and over its second-to-last axis (``s[:-2] + s[-1:]``), and a
+  scalar (the leaf's mean square, both) for other leaves: O(rows + cols) per matrix, ``()``
+  without factored features. Like ``optax.adafactor``'s ``v_row``/``v_col``,
+  ``optax.tree.map_params`` treats them as parameter trees. ``count`` is the number of
+  updates so far (int32 scalar).
+  """
+
+  momenta: tuple[Any, ...]
+  second_moment: Any
+  row: Any
+  col: Any
+  count: jax.Array
+
+
+def init_mlp_state(params: Any, config: MLPRuleConfig) -> MLPRuleState:
+  """Zero statistics for every coordinate of ``params``, built with tree maps only.
+
+  Args:
+    params: a pytree of float arrays (or ``jax.ShapeDtypeStruct``).
+    config: the rule's configuration.
+
+  Returns:
+    An :class:`MLPRuleState`.
+
+  Example:
+    >>> s = init_mlp_state({"w": jnp.zeros((2, 3))}, MLPRuleConfig())
+    >>> s.momenta[0]["w"].shape, s.row["w"].shape, s.col["w"].shape
+    ((2, 3), (2,), (3,))
+  """
+  like = lambda: jax.tree.map(lambda p: jnp.zeros(tuple(p.shape), jnp.float32), params)
+  row = col = ()
+  if config.factored:
+    row = jax.tree.map(lambda p: jnp.zeros(_row_shape(p.shape), jnp.float32), params)
+    col = jax.tree.map(lambda p: jnp.zeros(_col_shape(p.shape), jnp.float32), params)
+  return MLPRuleState(tuple(like() for _ in config.momentum_decays), like(), row, col,
+                      jnp.zeros((), jnp.int32))
+
+
+def _row_shape(shape) -> tuple[int, ...]:
+  return tuple(shape[:-1]) if len(shape) >= 2 else ()
+
+
+def _col_shape(shape) -> tuple[int, ...]:
+  return tuple(shape[:-2]) + tuple(shape[-1:]) if len(shape) >= 2 else ()
+
+
+def init_mlp_meta_params(config: MLPRuleConfig, key: jax.Array) -> dict:
+  """Fresh phi for ``config``: LeCun-normal hidden layers, a small output layer, zero biases.
+
+  Args:
+    config: the rule's configuration.
+    key: a typed PRNG key (``jax.random.key``).
+
+  Returns:
+    ``{"params": {"layer_0": {"kernel": [F, H0], "bias": [H0]}, "time": {"kernel": [T, H0]},
+    ..., "output": {"kernel": [H, 2], "bias": [2]}}}``, shared by every coordinate
+    (output 0: the direction d, output 1: the log-magnitude m).
+
+  Example:
+    >>> phi = init_mlp_meta_params(MLPRuleConfig(), jax.random.key(0))
+    >>> phi["params"]["output"]["kernel"].shape
+    (16, 2)
+  """
+  sizes = (config.num_features, *config.hidden_sizes)
+  keys = jax.random.split(key, len(sizes) + 1)
+  lecun = lambda k, n_in, n_out: jax.random.normal(k, (n_in, n_out)) / math.sqrt(n_in)
+  params = {}
+  for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+    params[f"layer_{i}"] = {"kernel": lecun(keys[i], n_in, n_out),
+                            "bias": jnp.zeros((n_out,), jnp.float32)}
+  if config.hidden_sizes and config.time_scales:
+    params["time"] = {"kernel": lecun(keys[-2], len(config.time_scales), sizes[1])}
+  params["output"] = {
+      "kernel": config.output_init_scale * jax.random.normal(keys[-1], (sizes[-1], 2)),
+      "bias": jnp.zeros((2,), jnp.float32)}
+  return {"params": params}
+
+
+def time_features(count: jax.Array, config: MLPRuleConfig) -> jax.Array:
+  """``tanh(t / tau)`` for each of ``config.time_scales`` (t = ``count``, steps so far)."""
+  tau = jnp.asarray(config.time_scales, jnp.float32)
+  return jnp.tanh(jnp.asarray(count, jnp.float32) / tau)
+
+
+def _mean_square(g2: jax.Array, axis) -> jax.Array:
+  return jnp.mean(g2, axis=axis) if g2.ndim else g2
+
+
+def leaf_features(config: MLPRuleConfig, g: jax.Array, param: jax.Array | None,
+                  momenta: list, v: jax.Array, row: Any, col: Any, count: jax.Array):
+  """Update one leaf's statistics with its gradient and return the MLP's inputs.
+
+  With :math:`\\hat v = v_t / (1 - \\beta_2^t)` and :math:`\\hat m_k = m_{k,t} / (1 - b_k^t)`
+  (bias-corrected, so the first step is not special), the features are, in order,
+
+  .. math::
+     \\frac{g}{\\sqrt{\\hat v}}, \\quad \\frac{\\hat m_k}{\\sqrt{\\hat v}} \\ (k = 1..K), \\quad
+     \\frac{g_{ij}}{\\sqrt{\\hat r_i}}, \\quad \\frac{g_{ij}}{\\sqrt{\\hat c_j}}, \\quad
+     \\frac{\\theta}{\\operatorname{rms}(\\theta)}
+
+  where :math:`r_i` and :math:`c_j` are the running mean squares of row i and column j (the
+  last two axes; the whole leaf's for leaves with fewer axes). Every gradient feature is
+  unchanged when all gradients are multiplied by a constant c > 0 (up to ``eps``) and
+  bounded: :math:`|g / \\sqrt{\\hat v}|, |\\hat m_k / \\sqrt{\\hat v}| \\le (1 -
+  \\beta_2)^{-1/2}` (about 32 at 0.999); the parameter feature is O(1) whatever the leaf's
+  scale. Every square root is an ``rsqrt(x + eps^2)``.
+
+  Args:
+    config: the rule's configuration.
+    g: the leaf's gradient (any float dtype; computed in f32).
+    param: the leaf's parameters (used when ``config.use_params``).
+    momenta: the leaf's momenta, one f32 array per decay.
+    v: the leaf's second moment.
+    row, col: the leaf's factored statistics (ignored without ``config.factored``).
+    count: t, the number of gradients seen including ``g`` (>= 1).
+
+  Returns:
+    ``(features, momenta, v, row, col)``: features of shape ``(num_features,) + g.shape``
+    (f32) and the updated statistics.
+  """
+  g = jnp.asarray(g, jnp.float32)
+  t = jnp.asarray(count, jnp.float32)
+  eps2 = config.eps ** 2
+  b2 = config.second_moment_decay
+  v_correction = 1.0 / (1.0 - b2 ** t)
+  g2 = g * g
+  v = b2 * v + (1.0 - b2) * g2
+  inv_rms = jax.lax.rsqrt(v * v_correction + eps2)
+  momenta = [b * m + (1.0 - b) * g for b, m in zip(config.momentum_decays, momenta)]
+  features = [g * inv_rms] + [
+      m * (inv_rms / (1.0 - b ** t)) for b, m in zip(config.momentum_decays, momenta)]
+  if config.factored:
+    matrix = g.ndim >= 2
+    row = b2 * row + (1.0 - b2) * _mean_square(g2, -1 if matrix else None)
+    col = b2 * col + (1.0 - b2) * _mean_square(g2, -2 if matrix else None)
+    inv_row = jax.lax.rsqrt(row * v_correction + eps2)
+    inv_col = jax.lax.rsqrt(col * v_correction + eps2)
+    if matrix:
+      inv_row, inv_col = inv_row[..., None], inv_col[..., None, :]
+    features += [g * inv_row, g * inv_col]
+  if config.use_params:
+    p = jnp.asarray(param, jnp.float32)
+    features.append(p * jax.lax.rsqrt(_mean_square(p * p, None) + eps2))
+  return jnp.stack(features), momenta, v, row, col
+
+
+def _dense_layers(meta_params: Any, config: MLPRuleConfig, count: jax.Array) -> tuple:
+  """``((kernel, bias), ...)`` of the MLP, the time features folded into the first bias."""
+  p = meta_params["params"]
+  layers = []
+  for i in range(len(config.hidden_sizes)):
+    bias = p[f"layer_{i}"]["bias"]
+    if i == 0 and "time" in p:
+      bias = bias + time_features(count, config) @ p["time"]["kernel"]
+    layers.append((p[f"layer_{i}"]["kernel"], bias))
+  layers.append((p["output"]["kernel"], p["output"]["bias"]))
+  return tuple(layers)
+
+
+def _mlp_by_dots(layers: tuple, x: jax.Array) -> tuple[list, list]:
+  """Pre-activations and activations of the MLP on ``x`` ``(F, N)``, with matrix products."""
+  activations, pre = [x], []
+  for i, (kernel, bias) in enumerate(layers):
+    a = jnp.tensordot(kernel, activations[-1], axes=(0, 0)) + bias[:, None]
+    pre.append(a)
+    if i < len(layers) - 1:
+      activations.append(jax.nn.relu(a))
+  return pre, activations
+
+
+def _mlp_by_coordinates(layers: tuple, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The MLP as scalar-weighted sums of whole arrays: ``x`` ``(F,) + s`` -> ``(d, m)``.
+
+  Every unit is ``b_j + sum_k W_kj x_k``, a sum of arrays shaped like the parameter, so XLA
+  fuses the whole network (and the features before it) into one loop over the coordinates
+  that keeps the hidden units in registers: no ``(H, N)`` array goes through memory. With
+  matrix products ``[H, F] @ [F, N]`` (F about 7) the same step was about 15x slower at
+  10^6 parameters on a 2-core CPU.
+  """
+  units = [x[k] for k in range(x.shape[0])]
+  for i, (kernel, bias) in enumerate(layers):
+    outputs = []
+    for j in range(kernel.shape[1]):
+      acc = bias[j] + kernel[0, j] * units[0]
+      for k in range(1, kernel.shape[0]):
+        acc = acc + kernel[k, j] * units[k]
+      outputs.append(acc if i == len(layers) - 1 else jnp.maximum(acc, 0.0))
+    units = outputs
+  return units[0], units[1]
+
+
+@jax.custom_vjp
+def _mlp(layers: tuple, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  return _mlp_by_coordinates(layers, x)
+
+
+def _mlp_fwd(layers, x):
+  return _mlp_by_coordinates(layers, x), (layers, x)
+
+
+def _mlp_bwd(residuals, cotangents):
+  """Backward pass with matrix products (a few large ops, not F x H reductions)."""
+  layers, x = residuals
+  pre, activations = _mlp_by_dots(layers, x.reshape(x.shape[0], -1))
+  delta = jnp.stack([c.reshape(-1) for c in cotangents])
+  grads = [None] * len(layers)
+  for i in reversed(range(len(layers))):
+    kernel, _ = layers[i]
+    grads[i] = (activations[i] @ delta.T, jnp.sum(delta, axis=1))
+    delta = kernel @ delta
+    if i > 0:
+      delta = jnp.where(pre[i - 1] > 0, delta, 0.0)
+  return tuple(grads), delta.reshape(x.shape)
+
+
+_mlp.defvjp(_mlp_fwd, _mlp_bwd)
+
+
+def mlp_apply(meta_params: Any, config: MLPRuleConfig, features: jax.Array,
+              count: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The shared MLP on features ``(F,) + s``: ``(d, m)``, each of shape ``s``.
+
+  .. math:: h_0 = x, \\quad h_{l+1} = \\operatorname{relu}(W_l^\\top h_l + b_l
+     [+ W_\\tau^\\top \\tanh(t / \\tau)]_{l=0}), \\quad (d, m) = W_o^\\top h_L + b_o
+
+  Networks of at most ``FUSED_MAX_WEIGHTS`` weights are computed coordinate by coordinate
+  (each unit a weighted sum of arrays shaped like the parameter, fused by XLA), with a
+  gradient by matrix products; larger ones with matrix products both ways.
+
+  Args:
+    meta_params: phi from :func:`init_mlp_meta_params`.
+    config: the rule's configuration.
+    features: ``(num_features,) + s`` f32 features (e.g. from :func:`leaf_features`).
+    count: t, for the time features.
+
+  Returns:
+    ``(d, m)``: the direction and the log-magnitude per coordinate.
+
+  Example:
+    >>> phi = init_mlp_meta_params(MLPRuleConfig(), jax.random.key(0))
+    >>> d, m = mlp_apply(phi, MLPRuleConfig(), jnp.zeros((6, 3)), jnp.int32(1))
+  """
+  layers = _dense_layers(meta_params, config, count)
+  if config.num_weights <= FUSED_MAX_WEIGHTS:
+    return _mlp(layers, features)
+  pre, _ = _mlp_by_dots(layers, features.reshape(features.shape[0], -1))
+  d, m = pre[-1].reshape((2,) + features.shape[1:])
+  return d, m
+
+
+def mlp_step(meta_params: Any, config: MLPRuleConfig, grads: Any, state: MLPRuleState,
+             params: Any = None, flatten_coordinates: bool = False
+             ) -> tuple[Any, MLPRuleState]:
+  """One step of the MLP rule: statistics, features, MLP, ``u = d exp(alpha m) beta``.
+
+  .. math:: u_t = d_t \\cdot \\exp(\\alpha\\, m_t) \\cdot \\beta, \\qquad
+     (d_t, m_t) = \\mathrm{MLP}_\\phi(\\text{features}_t, \\tanh(t / \\tau))
+
+  Args:
+    meta_params: phi, as returned by :func:`init_mlp_meta_params`.
+    config: the configuration phi was made for.
+    grads: pytree of gradients.
+    state: the state from :func:`init_mlp_state` (same structure as ``grads``).
+    params: the parameters (needed when ``config.use_params``).
+    flatten_coordinates: run the MLP on each leaf's coordinates as one flat vector (the same
+      numbers; the statistics keep the leaf's shape).
+
+  Returns:
+    ``(updates, new_state)``; updates have the gradients' dtypes.
+
+  Example:
+    >>> config = MLPRuleConfig()
+    >>> phi = init_mlp_meta_params(config, jax.random.key(0))
+    >>> p = {"w": jnp.ones((2, 3))}
+    >>> u, s = mlp_step(phi, config, p, init_mlp_state(p, config), p)
+  """
+  leaves, treedef = jax.tree.flatten(grads)
+  state_treedef = jax.tree.structure(state.second_moment)
+  if state_treedef != treedef:
+    raise ValueError(
+        "learned_rule.update: the gradients' pytree structure differs from the state's "
+        f"(made by init).\n  gradients: {treedef}\n  state:     {state_treedef}")
+  v = treedef.flatten_up_to(state.second_moment)
+  for leaf, s in zip(leaves, v):
+    if tuple(leaf.shape) != tuple(s.shape):
+      raise ValueError(
+          f"learned_rule.update: a gradient leaf has shape {tuple(leaf.shape)} but the state "
+          f"was made for shape {tuple(s.shape)}")
+  if config.use_params:
+    if params is None:
+      raise ValueError("learned_rule.update: this MLP rule reads the parameters "
+                       "(MLPRuleConfig.use_params); pass them: update(grads, state, params)")
+    param_leaves = treedef.flatten_up_to(params)
+  else:
+    param_leaves = [None] * len(leaves)
+  count = state.count + 1
+  momenta = [treedef.flatten_up_to(m) for m in state.momenta]
+  rows = treedef.flatten_up_to(state.row) if config.factored else [()] * len(leaves)
+  cols = treedef.flatten_up_to(state.col) if config.factored else [()] * len(leaves)
+  updates = []
+  for i, g in enumerate(leaves):
+    x, ms, v[i], rows[i], cols[i] = leaf_features(
+        config, g, param_leaves[i], [m[i] for m in momenta], v[i], rows[i], cols[i], count)
+    for m, new in zip(momenta, ms):
+      m[i] = new
+    if flatten_coordinates:
+      x = x.reshape(x.shape[0], -1)
+    d, log_magnitude = mlp_apply(meta_params, config, x, count)
+    u = d * jnp.exp(config.exp_mult * log_magnitude) * config.step_mult
+    updates.append(u.reshape(g.shape).astype(g.dtype))
+  factored = lambda xs: treedef.unflatten(xs) if config.factored else ()
+  return treedef.unflatten(updates), MLPRuleState(
+      tuple(treedef.unflatten(m) for m in momenta), treedef.unflatten(v), factored(rows),
+      factored(cols), count)
