@@ -40,8 +40,8 @@ def test_minibatches_are_drawn_from_the_key():
 
 def test_bad_configuration_is_rejected():
   images, labels = _fake_images(8)
-  with pytest.raises(ValueError, match="activation 'gelu' unknown"):
-    MLPFamily.from_arrays(images, labels, activation="gelu")
+  with pytest.raises(ValueError, match="activation 'swish' unknown"):
+    MLPFamily.from_arrays(images, labels, activation="swish")
   with pytest.raises(ValueError, match="hidden_sizes must be positive"):
     MLPFamily.from_arrays(images, labels, hidden_sizes=(0,))
   with pytest.raises(ValueError, match=r"uint8 \(N, H, W, C\)"):
