@@ -25,13 +25,6 @@ from metaopt.problems.suite import (
 )
 
 
-def _images(dataset: str, data_dir: str | None, resolution: int | None):
-  from metaopt.data import downsample, load_dataset
-  ds = load_dataset(dataset, data_dir)
-  images = downsample(ds.train_images, resolution) if resolution else ds.train_images
-  return images, ds.train_labels, ds.num_classes
-
-
 def _mlp(dataset: str = "mnist", data_dir: str | None = None, **kwargs) -> MLPFamily:
   from metaopt.data import load_dataset
   return MLPFamily.from_dataset(load_dataset(dataset, data_dir), **kwargs)
@@ -43,27 +36,12 @@ def _conv(dataset: str = "cifar10", data_dir: str | None = None, **kwargs) -> Co
   return ConvFamily.from_arrays(ds.train_images, ds.train_labels, **kwargs)
 
 
-def _logistic(dataset: str = "mnist", data_dir: str | None = None, resolution: int | None = None,
-              **kwargs) -> LogisticRegressionFamily:
-  images, labels, k = _images(dataset, data_dir, resolution)
-  return LogisticRegressionFamily.from_arrays(images, labels, num_classes=k, **kwargs)
-
-
-def _autoencoder(dataset: str = "mnist", data_dir: str | None = None,
-                 resolution: int | None = 8, **kwargs) -> AutoencoderFamily:
-  return AutoencoderFamily.from_arrays(_images(dataset, data_dir, resolution)[0], **kwargs)
-
-
-FAMILIES: dict[str, Callable[..., Any]] = {
-    "quadratic": QuadraticFamily, "mlp": _mlp, "conv": _conv, "logistic": _logistic,
-    "autoencoder": _autoencoder, "rosenbrock": RosenbrockFamily,
-    "charlm": CharLMFamily.from_stdlib}
+FAMILIES: dict[str, Callable[..., Any]] = {"quadratic": QuadraticFamily, "mlp": _mlp, "conv": _conv}
 
 
 def make_family(name: str, **kwargs) -> ProblemFamily:
-  """Build a problem family by name (a key of ``FAMILIES``: ``"quadratic"``, ``"mlp"``,
-  ``"conv"``, ``"logistic"``, ``"autoencoder"``, ``"rosenbrock"``, ``"charlm"``) with its
-  keyword arguments.
+  """Build a problem family by name (``"quadratic"``, ``"mlp"`` or ``"conv"``) with its keyword
+  arguments (the task suite's families: :func:`make_suite`).
 
   Example:
     >>> fam = make_family("quadratic", dim=10)
