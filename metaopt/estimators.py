@@ -10,7 +10,7 @@ interface: its runs would carry the particles' accumulated perturbations.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -38,10 +38,22 @@ class Runs(NamedTuple):
 
 
 class MetaGradientEstimator(Protocol):
-  """What the trainer needs from a meta-gradient estimator (a hashable, static object)."""
+  """What the trainer needs from a meta-gradient estimator (a hashable, static object).
+
+  Runs carry the run axis first in every leaf. Across devices and processes
+  (:mod:`metaopt.distributed`) the trainer splits them along it: it calls ``start_runs``
+  with the same key everywhere under ``jax.jit`` with split outputs, so each device draws
+  only its own runs, bit for bit those of the unsplit draw, provided ``start_runs`` draws
+  with ``jax.random`` from its key alone. An estimator whose ``estimate`` is the mean over
+  its runs of a per-run term, with no per-run randomness drawn from ``estimate``'s key,
+  may set the class attribute ``splits_over_runs = True``: the meta-step then runs it on
+  each device's runs (``jax.shard_map``) and averages the devices' gradients and metrics
+  once; otherwise XLA partitions the whole estimate (the same numbers up to rounding,
+  more communication).
+  """
 
   def start_runs(self, phi: Any, family: ProblemFamily, key: jax.Array) -> Any:
-    """Fresh runs in flight (new problems, theta_0, optimizer states)."""
+    """Fresh runs in flight (new problems, theta_0, optimizer states), run axis first."""
 
   def estimate(self, phi: Any, family: ProblemFamily, runs: Any, key: jax.Array
                ) -> tuple[Any, Any, dict]:
@@ -82,6 +94,8 @@ class TruncatedBackprop:
   second_order: bool = False
   remat: bool = False
   run_mode: str | None = None
+  # The meta-loss is a mean over runs: each device may estimate on its own runs.
+  splits_over_runs: ClassVar[bool] = True
 
   def rule(self, phi: Any):
     """The rule meta-training unrolls: each leaf's coordinates flattened (same updates)."""

@@ -11,9 +11,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import PartitionSpec
 
 from metaopt.config import MetaTrainConfig
-from metaopt.distributed import Placement
+from metaopt.distributed import AXIS, Placement
 from metaopt.estimators import MetaGradientEstimator, TruncatedBackprop
 from metaopt.networks import RuleConfig, init_meta_params
 from metaopt.problems.base import ProblemFamily
@@ -34,19 +35,45 @@ class TrainState(NamedTuple):
   phi_avg: Any = None   # the moving average of phi (``phi_average``), else None
 
 
+def _estimate_per_device(estimator: MetaGradientEstimator, placement: Placement | None,
+                         runs: Any):
+  """``estimator.estimate``, run by each device on its own runs when it can be (or None).
+
+  An estimator whose ``estimate`` is a mean over its runs (``splits_over_runs = True``,
+  e.g. :class:`TruncatedBackprop`) runs under ``jax.shard_map`` on each device's runs; the
+  devices' gradients and metrics are then averaged once. Left to XLA's partitioner, the
+  meta-gradient of a split batch is all-reduced at every step of the backward scan
+  (docs/performance.md).
+  """
+  if (placement is None or placement.mesh is None
+      or not getattr(estimator, "splits_over_runs", False)
+      or not all(placement.splits(x) for x in jax.tree.leaves(runs))):
+    return None
+  one, split = PartitionSpec(), PartitionSpec(AXIS)
+
+  def local(phi, family, runs, key):
+    grads, runs, metrics = estimator.estimate(phi, family, runs, key)
+    return jax.lax.pmean(grads, AXIS), runs, jax.lax.pmean(metrics, AXIS)
+  return jax.shard_map(local, mesh=placement.mesh, in_specs=(one, one, split, one),
+                       out_specs=(one, split, one), check_vma=False)
+
+
 def make_meta_step(estimator: MetaGradientEstimator, optimizer: optax.GradientTransformation,
-                   phi_average: float | None = None):
+                   phi_average: float | None = None, placement: Placement | None = None):
   """The jitted meta-step ``(family, state) -> (state, metrics)``.
 
   ``optimizer`` must be wrapped in ``optax.apply_if_finite`` (as :func:`meta_train` does):
   a non-finite meta-loss or meta-gradient leaves phi and the optimizer's inner state
-  unchanged and is reported as ``metrics["finite"] = False``.
+  unchanged and is reported as ``metrics["finite"] = False``. With a ``placement`` over
+  several devices, an estimator that declares ``splits_over_runs`` runs on each device's
+  runs and the meta-gradient is averaged across devices once per meta-step.
   """
 
   @jax.jit
   def meta_step(family: ProblemFamily, state: TrainState):
-    grads, runs, metrics = estimator.estimate(state.phi, family, state.runs,
-                                              jax.random.fold_in(state.key, state.step))
+    estimate = _estimate_per_device(estimator, placement, state.runs) or estimator.estimate
+    grads, runs, metrics = estimate(state.phi, family, state.runs,
+                                    jax.random.fold_in(state.key, state.step))
     loss = metrics["meta_loss"]
     grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(loss), g, jnp.nan), grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.phi)
@@ -133,4 +160,4 @@ def prepare(family: ProblemFamily, config: RuleConfig, cfg: MetaTrainConfig,
   optimizer = skipping_nonfinite(meta_optimizer or cfg.meta_optimizer())
   state = init_train_state(family, config, cfg, estimator, optimizer, placement)
   return Prepared(estimator, optimizer, state, make_meta_step(estimator, optimizer,
-                                                              cfg.phi_average))
+                                                              cfg.phi_average, placement))
