@@ -27,6 +27,7 @@ import metaopt
 from metaopt.config import MetaTrainConfig
 from metaopt.evaluate import git_commit, malloc_in_use
 from metaopt.meta_step import prepare
+from metaopt.mlp_rule import MLPRuleConfig
 from metaopt.networks import LSTMConfig
 from metaopt.problems import MLPFamily, QuadraticFamily
 from metaopt.truncation import Truncation
@@ -124,38 +125,57 @@ def bench_meta_step(name, family, config, batch_size, unroll, reps, matmul_size)
   }
 
 
-def _carried_call(update, grads, state):
-  """``update(grads, state)`` as a no-argument call that carries the state to the next call."""
+def _carried_call(update, grads, state, *args):
+  """``update(grads, state, *args)`` as a no-argument call that carries the state to the next."""
   carried = [state]
 
   def call():
-    _, carried[0] = update(grads, carried[0])
+    _, carried[0] = update(grads, carried[0], *args)
     return carried[0]
   return call
 
 
-def bench_rule_step(num_params: int, reps: int, matmul_size: int) -> dict:
+def mlp_flops_per_coordinate_step(config: MLPRuleConfig) -> int:
+  """Analytic multiply-add FLOPs of one MLP-rule forward step for one coordinate."""
+  flops, n_in = 0, config.num_features
+  for h in config.hidden_sizes:
+    flops += 2 * n_in * h
+    n_in = h
+  return flops + 2 * n_in * 2
+
+
+RULES = {"lstm": LSTMConfig(), "mlp": MLPRuleConfig()}
+
+
+def bench_rule_step(num_params: int, reps: int, matmul_size: int, rule: str = "lstm") -> dict:
   """One jitted learned-rule update vs optax.adam on ``num_params`` f32 parameters.
 
-  ``seconds`` / ``adam_seconds``: the state carried and donated (``donate_argnums``), as a
-  training loop's jitted step runs it, so XLA updates it in place; ``*_without_donation``:
-  a fresh state buffer every call (at 10^7 parameters the rule's state is 3.2 GB). The
-  rule's ``seconds`` alternate with a matmul (``matmul_flop_rate`` of the row).
+  ``rule``: ``"lstm"`` (the paper's, default config) or ``"mlp"`` (the default
+  :class:`metaopt.MLPRuleConfig`). ``seconds`` / ``adam_seconds``: the state carried and
+  donated (``donate_argnums``), as a training loop's jitted step runs it, so XLA updates it in
+  place; ``adam_ratio`` is their quotient; ``*_without_donation``: a fresh state buffer every
+  call (at 10^7 parameters the LSTM's state is 3.2 GB). The rule's ``seconds`` alternate with
+  a matmul (``matmul_flop_rate`` of the row). Every update gets the params (the MLP reads them).
   """
-  phi = metaopt.init_meta_params(LSTMConfig(), jax.random.key(0))
-  params = {"w": jnp.zeros((num_params,), jnp.float32)}
+  config = RULES[rule]
+  phi = metaopt.init_meta_params(config, jax.random.key(0))
+  params = {"w": jax.random.normal(jax.random.key(2), (num_params,), jnp.float32)}
   grads = {"w": jax.random.normal(jax.random.key(1), (num_params,))}
-  out = {"num_params": num_params}
-  for name, opt in (("seconds", metaopt.learned_rule(phi)), ("adam_seconds", optax.adam(1e-3))):
+  out = {"rule": rule, "num_params": num_params}
+  for name, opt in (("seconds", metaopt.learned_rule(phi, config)),
+                    ("adam_seconds", optax.adam(1e-3))):
     out[f"{name}_without_donation"] = _median_seconds(jax.jit(opt.update), grads,
-                                                      opt.init(params), reps=reps)
-    call = _carried_call(jax.jit(opt.update, donate_argnums=1), grads, opt.init(params))
+                                                      opt.init(params), params, reps=reps)
+    call = _carried_call(jax.jit(opt.update, donate_argnums=1), grads, opt.init(params), params)
     if name == "seconds":
       out[name], out["matmul_flop_rate"] = _median_seconds_beside_matmul(call, reps, matmul_size)
     else:
       out[name] = _median_seconds(call, reps=reps)
-  flops = lstm_flops_per_coordinate_step(LSTMConfig()) * num_params
-  out.update(ns_per_param=out["seconds"] / num_params * 1e9, flops=flops,
+  per_coordinate = (lstm_flops_per_coordinate_step(config) if rule == "lstm"
+                    else mlp_flops_per_coordinate_step(config))
+  flops = per_coordinate * num_params
+  out.update(ns_per_param=out["seconds"] / num_params * 1e9,
+             adam_ratio=out["seconds"] / out["adam_seconds"], flops=flops,
              fraction_of_matmul=flops / out["seconds"] / out["matmul_flop_rate"])
   return out
 
@@ -282,13 +302,15 @@ def main(argv=None) -> dict:
 
   n = 1000
   while n <= (10 ** 5 if args.quick else args.max_params):
-    r = bench_rule_step(n, reps, matmul_size)
-    result["rule_step"].append(r)
-    save()
-    print(f"rule step {n:>9} params  {r['seconds'] * 1e3:9.3f} ms  "
-          f"({r['ns_per_param']:.2f} ns/param, "
-          f"{100 * r['fraction_of_matmul']:.1f}% of matmul; without donation "
-          f"{r['seconds_without_donation'] * 1e3:.3f} ms)  adam {r['adam_seconds'] * 1e3:.3f} ms")
+    for rule in RULES:
+      r = bench_rule_step(n, reps, matmul_size, rule)
+      result["rule_step"].append(r)
+      save()
+      print(f"rule step {rule:<4} {n:>9} params  {r['seconds'] * 1e3:9.3f} ms  "
+            f"({r['ns_per_param']:.2f} ns/param, "
+            f"{100 * r['fraction_of_matmul']:.1f}% of matmul; without donation "
+            f"{r['seconds_without_donation'] * 1e3:.3f} ms)  adam {r['adam_seconds'] * 1e3:.3f} ms"
+            f" ({r['adam_ratio']:.1f}x)")
     n *= 10
 
   family, config, _ = problems.get("mnist", problems["quadratic"])

@@ -49,6 +49,9 @@ def test_bench_rows_have_the_documented_fields_and_consistent_ratios():
   np.testing.assert_allclose(r["ns_per_param"], r["seconds"] / 1000 * 1e9)
   np.testing.assert_allclose(r["fraction_of_matmul"],
                              r["flops"] / r["seconds"] / r["matmul_flop_rate"])
+  mlp = bench.bench_rule_step(1000, 2, 128, rule="mlp")
+  assert mlp["rule"] == "mlp" and r["rule"] == "lstm"
+  np.testing.assert_allclose(mlp["adam_ratio"], mlp["seconds"] / mlp["adam_seconds"])
 
 
 def test_memory_rows_come_in_pairs_without_and_with_remat():
@@ -67,6 +70,7 @@ def test_quick_bench_writes_the_documented_layout(tmp_path, monkeypatch):
   assert {"device", "jax_version", "commit", "matmul_flop_rate", "meta_step", "rule_step",
           "memory"} <= set(result)
   assert set(result["meta_step"]) == {"quadratic"}
-  assert [r["num_params"] for r in result["rule_step"]] == [1000, 10000, 100000]
+  assert [(r["num_params"], r["rule"]) for r in result["rule_step"]] == [
+      (n, rule) for n in (1000, 10000, 100000) for rule in ("lstm", "mlp")]
   assert [(r["unroll"], r["remat"]) for r in result["memory"]] == [
       (10, False), (10, True), (20, False), (20, True)]
