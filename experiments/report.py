@@ -257,12 +257,13 @@ def bench_block(name: str, table: str, root: pathlib.Path) -> str:
           f"{beside / 1e9:.1f} GFLOP/s" if beside else "run start",
           _fraction(r["fraction_of_matmul"])]) + " |")
   elif table == "rule-step":
-    header = ["learned-rule optax step, params", "time", "per param", "of matmul",
+    header = ["learned-rule optax step", "params", "time", "per param", "of matmul",
               "optax.adam", "learned / adam"]
     lines += ["| " + " | ".join(header) + " |", "| --- " * len(header) + "|"]
     for r in b["rule_step"]:
       lines.append("| " + " | ".join([
-          f"{r['num_params']:,}", _time(r["seconds"]), f"{r['ns_per_param']:.3g} ns",
+          r.get("rule", "lstm"), f"{r['num_params']:,}", _time(r["seconds"]),
+          f"{r['ns_per_param']:.3g} ns",
           _fraction(r["fraction_of_matmul"]), _time(r["adam_seconds"]),
           f"{r['seconds'] / r['adam_seconds']:.3g}×"]) + " |")
   elif table == "memory":
@@ -291,8 +292,9 @@ def bench_block(name: str, table: str, root: pathlib.Path) -> str:
 def bench_headline(root: pathlib.Path) -> str:
   b = _load(root / "results" / "bench" / "bench.json")
   mnist = b["meta_step"]["mnist"]
-  big = max(b["rule_step"], key=lambda r: r["num_params"])
-  mid = [r for r in b["rule_step"] if r["num_params"] == 1_000_000] or [big]
+  lstm = [r for r in b["rule_step"] if r.get("rule", "lstm") == "lstm"]
+  big = max(lstm, key=lambda r: r["num_params"])
+  mid = [r for r in lstm if r["num_params"] == 1_000_000] or [big]
   return (f"On the project's {b.get('cpu_count', '?')}-core CPU (`results/bench/bench.json`, "
           f"commit `{b['commit'][:7]}`) one MNIST meta-step (unroll 20, "
           f"{mnist['coordinates']:,} coordinates) takes {_time(mnist['seconds'])}, "
