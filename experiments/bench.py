@@ -301,7 +301,7 @@ def main(argv=None) -> dict:
           f"({m['matmul_flop_rate'] / 1e9:.1f} GFLOP/s beside it)")
 
   n = 1000
-  while n <= (10 ** 5 if args.quick else args.max_params):
+  while n <= (min(args.max_params, 10 ** 5) if args.quick else args.max_params):
     for rule in RULES:
       r = bench_rule_step(n, reps, matmul_size, rule)
       result["rule_step"].append(r)

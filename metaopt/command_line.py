@@ -8,6 +8,7 @@ import os
 import pathlib
 from collections.abc import Callable, Sequence
 
+from metaopt.distributed import is_main_process
 from metaopt.experiment import ExperimentConfig, run_experiment
 
 
@@ -92,6 +93,6 @@ def main(name: str, make_config: Callable[..., ExperimentConfig], argv=None,
   checkpoints = pathlib.Path(".cache", "checkpoints", *out.resolve().parts[-2:])
   summary = run_experiment(cfg, out, progress=not args.no_progress, checkpoint_dir=checkpoints,
                            resume=args.resume)
-  if after is not None:
+  if after is not None and is_main_process():
     after(cfg, summary, out)
   return summary

@@ -16,6 +16,7 @@ import numpy as np
 
 from metaopt.baselines import BASELINES, tune_baselines, tune_learning_rate
 from metaopt.checkpoint import load_meta_params, load_pretrained, save_meta_params
+from metaopt.distributed import is_main_process
 from metaopt.evaluate import (
   format_table,
   make_summary,
@@ -115,6 +116,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | pathlib.Path,
     The summary dict (the results schema of docs/design.md).
   """
   out_dir = pathlib.Path(out_dir)
+  main = is_main_process()
   main_rule = ExtraRule(cfg.rule_name, cfg.train_family or cfg.family, cfg.lstm, cfg.train,
                         valid_family=cfg.family, estimator=cfg.estimator)
   trained, extra = {}, {}
@@ -130,11 +132,12 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | pathlib.Path,
     result = meta_train(rule.family, rule.lstm, rule.train, estimator=estimator,
                         valid_family=rule.valid_family, checkpoint_dir=folder, resume=resume,
                         progress=progress)
-    print(f"meta-training {rule.name}: {result.seconds:.1f} s, best validation loss "
-          f"{result.best_valid_loss:.4g}, skipped meta-steps {result.num_skipped}")
-    save_meta_params(out_dir / f"{rule.name}.msgpack", result.phi, rule.lstm,
-                     {"experiment": cfg.name, "train": rule.train.to_dict(),
-                      "best_valid_loss": result.best_valid_loss})
+    if main:
+      print(f"meta-training {rule.name}: {result.seconds:.1f} s, best validation loss "
+            f"{result.best_valid_loss:.4g}, skipped meta-steps {result.num_skipped}")
+      save_meta_params(out_dir / f"{rule.name}.msgpack", result.phi, rule.lstm,
+                       {"experiment": cfg.name, "train": rule.train.to_dict(),
+                        "best_valid_loss": result.best_valid_loss})
     trained[rule.name] = (rule, result)
     if rule is not main_rule:
       extra[rule.name] = _training_record(rule, result)
@@ -153,11 +156,15 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | pathlib.Path,
              if rule.variants is None or variant.name in rule.variants}
     variants[variant.name] = evaluate_variant(cfg, variant, rules, tuned)
     elapsed = time.perf_counter() - start
+    if not main:
+      continue
     print(f"evaluated variant {variant.name} ({elapsed:.0f} s since evaluation began)", flush=True)
     if len(variants) < len(cfg.all_variants()):  # long evaluations: keep what is done so far
       write_summary(out_dir / "summary.partial.json",
                     _summary(cfg, variants, trained, extra, elapsed))
   summary = _summary(cfg, variants, trained, extra, time.perf_counter() - start)
+  if not main:  # under jax.distributed, process 0 writes the results
+    return summary
   write_summary(out_dir / "summary.json", summary)
   (out_dir / "summary.partial.json").unlink(missing_ok=True)
   plot_curves(summary, out_dir / "curves.png", main=cfg.rule_name)

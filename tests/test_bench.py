@@ -71,6 +71,6 @@ def test_quick_bench_writes_the_documented_layout(tmp_path, monkeypatch):
           "memory"} <= set(result)
   assert set(result["meta_step"]) == {"quadratic"}
   assert [(r["num_params"], r["rule"]) for r in result["rule_step"]] == [
-      (n, rule) for n in (1000, 10000, 100000) for rule in ("lstm", "mlp")]
+      (1000, rule) for rule in ("lstm", "mlp")]
   assert [(r["unroll"], r["remat"]) for r in result["memory"]] == [
       (10, False), (10, True), (20, False), (20, True)]
