@@ -11,7 +11,8 @@ import pytest
 import metaopt
 from metaopt import MetaTrainConfig, MLPRuleConfig, Truncation, Validation, meta_train
 from metaopt.meta_step import prepare
-from metaopt.mlp_rule import FUSED_MAX_WEIGHTS, _dense_layers, _mlp_by_dots, mlp_apply, mlp_step
+from metaopt.mlp_network import FUSED_MAX_WEIGHTS, _dense_layers, _mlp_by_dots, mlp_apply
+from metaopt.mlp_rule import mlp_step
 from metaopt.networks import config_from_dict
 from metaopt.problems import QuadraticFamily
 from metaopt.rule import learned_rule

@@ -25,3 +25,10 @@ def test_setup_cfg_version_is_metaopt_version():
 
   config = read_configuration(ROOT / "setup.cfg")
   assert config["metadata"]["version"] == metaopt.__version__
+
+
+def test_every_module_fits_in_a_few_screens():
+  root = pathlib.Path(__file__).resolve().parents[1] / "metaopt"
+  long = {str(p.relative_to(root)): n for p in root.rglob("*.py")
+          if (n := len(p.read_text().splitlines())) > 300}
+  assert not long, f"modules over 300 lines: {long}"
