@@ -15,8 +15,6 @@ import os
 import pathlib
 import resource
 import statistics
-import subprocess
-import sys
 import time
 
 import jax
@@ -24,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 import metaopt
+from experiments.bench_processes import bench_processes
 from metaopt.config import MetaTrainConfig
 from metaopt.evaluate import git_commit, malloc_in_use
 from metaopt.meta_step import prepare
@@ -202,56 +201,6 @@ def bench_memory(name, family, config, unroll, reps: int = 3) -> list[dict]:
   seconds = _alternated_median_seconds(calls, reps)
   peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the process's peak
   return [{**row, "seconds": s, "peak_rss_bytes": peak_rss} for row, s in zip(rows, seconds)]
-
-
-PROCESSES_WORKER = """
-import json, statistics, sys, time
-import jax
-from metaopt.config import MetaTrainConfig
-from metaopt.distributed import Placement
-from metaopt.meta_step import prepare
-from metaopt.networks import LSTMConfig
-from metaopt.problems import QuadraticFamily
-from metaopt.truncation import Truncation
-reps, batch = int(sys.argv[1]), int(sys.argv[2])
-family = QuadraticFamily()
-cfg = MetaTrainConfig(truncation=Truncation(horizon=100, unroll_length=20), batch_size=batch)
-_, _, state, step = prepare(family, LSTMConfig(), cfg, placement=Placement())
-times = []
-for i in range(reps + 1):
-  t = time.perf_counter()
-  state, metrics = step(family, state)
-  jax.block_until_ready((state, metrics))
-  times.append(time.perf_counter() - t)
-if jax.process_index() == 0:
-  print("BENCH-PROCESSES " + json.dumps({"processes": jax.process_count(),
-        "devices": jax.device_count(), "seconds": statistics.median(times[1:]),
-        "first_call_seconds": times[0], "meta_loss": float(metrics["meta_loss"])}), flush=True)
-"""
-
-
-def bench_processes(reps: int, batch_size: int = 128) -> dict:
-  """The quadratic meta-step (unroll 20) with its problems on 1 and on 2 local processes.
-
-  Each process is started by ``python -m metaopt.launch --processes N --pin-cpus`` on one
-  core with one CPU device (collectives over gloo on the loopback); the global batch
-  stays ``batch_size``. Seconds are the median over ``reps`` meta-steps of process 0
-  after the first (compiling) call.
-  """
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  out = {"problem": "quadratic", "batch_size": batch_size, "unroll": 20}
-  for n in (1, 2):
-    proc = subprocess.run(
-        [sys.executable, "-m", "metaopt.launch", "--processes", str(n), "--pin-cpus",
-         "--timeout", "600", "-c", PROCESSES_WORKER, str(reps), str(batch_size)],
-        env=env, capture_output=True, text=True, timeout=660)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH-PROCESSES ")]
-    if proc.returncode or not lines:
-      raise RuntimeError(f"bench_processes: {n} processes failed: {proc.stderr[-2000:]}")
-    out[f"processes_{n}"] = json.loads(lines[-1].split(" ", 1)[1])
-  out["speedup"] = out["processes_1"]["seconds"] / out["processes_2"]["seconds"]
-  return out
 
 
 def main(argv=None) -> dict:
