@@ -1,8 +1,9 @@
-"""Regenerates the result tables in README.md, docs/results.md and docs/performance.md.
+"""Regenerates the result tables in README.md and docs/ (results, performance, suite).
 
 ``python -m experiments.report`` rewrites every generated block from the committed results
 (``results/**/summary.json``, ``results/**/*_summary.json``, ``results/h100/generalize_trials/
-trials.json``, ``results/bench/*.json``); ``--check`` writes nothing and exits 1, naming each file
+trials.json``, ``results/bench/*.json``) into README.md, docs/results.md, docs/performance.md and
+docs/suite.md; ``--check`` writes nothing and exits 1, naming each file
 that regenerating would change. A generated block is the text between
 
   <!-- generated:NAME -->
@@ -18,6 +19,8 @@ and everything outside the blocks is hand-written prose. Names:
 - ``compare:KEY,KEY,...``: the final loss of every learned rule of those runs per variant, against
   the best tuned baseline;
 - ``trials:KEY``: the table of ``results/KEY/trials.json``;
+- ``suite:KEY`` (docs/suite.md): the task-suite scores and per-task table of
+  ``results/KEY/summary.json`` (it stands for that summary's experiment block);
 - ``bench:FILE:TABLE`` (docs/performance.md): ``meta-step``, ``rule-step`` or ``memory`` of
   ``results/bench/FILE``.
 
@@ -41,9 +44,10 @@ from experiments.report_results import (
   results_table,
   trials_block,
 )
+from experiments.report_suite import suite_block
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TARGETS = ("README.md", "docs/results.md", "docs/performance.md")
+TARGETS = ("README.md", "docs/results.md", "docs/performance.md", "docs/suite.md")
 BLOCK = re.compile(r"(<!-- generated:(\S+) -->\n)(.*?)(<!-- /generated:\2 -->)", re.S)
 def render(root: pathlib.Path = ROOT) -> dict[str, str]:
   """The regenerated text of each target file that exists (path relative to root -> text)."""
@@ -62,6 +66,11 @@ def render(root: pathlib.Path = ROOT) -> dict[str, str]:
         raise ReportError(f"block {name}: no results/{arg}/summary.json")
       seen.add(arg)
       body = experiment_block(arg, summaries[arg], root)
+    elif kind == "suite":
+      if arg not in summaries:
+        raise ReportError(f"block {name}: no results/{arg}/summary.json")
+      seen.add(arg)
+      body = suite_block(arg, summaries[arg], root)
     elif kind == "compare":
       body = compare_block(arg.split(","), summaries)
     elif kind == "trials":

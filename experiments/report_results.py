@@ -13,8 +13,10 @@ import numpy as np
 MAKE_TARGETS = {"quadratic": "make quadratic", "mnist": "make mnist",
                 "mnist_long": "make mnist-long", "cifar": "make cifar", "art": "make art",
                 "generalize": "make generalize",
-                "generalize_ablation": "make generalize-ablation"}
+                "generalize_ablation": "make generalize-ablation", "suite": "make suite"}
 BASELINES = ("sgd", "rmsprop", "adam", "nag")
+# Experiments whose results have a page of their own (the README table links there).
+OWN_PAGES = {"suite": "docs/suite.md"}
 
 
 class ReportError(Exception):
@@ -133,8 +135,8 @@ def _validation(history: dict) -> str | None:
   return text
 
 
-def experiment_block(key: str, path: pathlib.Path, root: pathlib.Path) -> str:
-  s = _load(path)
+def facts_line(key: str, path: pathlib.Path, root: pathlib.Path, s: dict) -> str:
+  """Where a summary comes from: file, make target, commit, machine, times."""
   rel = path.relative_to(root).as_posix()
   facts = [f"`{rel}`"]
   if key in MAKE_TARGETS:
@@ -148,7 +150,12 @@ def experiment_block(key: str, path: pathlib.Path, root: pathlib.Path) -> str:
     if "meta_train_seconds" in extra:
       facts.append(f"`{name}` {_seconds(extra['meta_train_seconds'])}")
   facts.append(f"evaluation {_seconds(s['eval_seconds'])}")
-  lines = ["; ".join(facts) + "."]
+  return "; ".join(facts) + "."
+
+
+def experiment_block(key: str, path: pathlib.Path, root: pathlib.Path) -> str:
+  s = _load(path)
+  lines = [facts_line(key, path, root, s)]
   valid = _validation(s.get("meta_train_history") or {})
   if valid:
     lines += ["", f"Meta-training: {valid}."]
@@ -216,8 +223,8 @@ def results_table(root: pathlib.Path, summaries: dict[str, pathlib.Path]) -> str
         cells = [f"`{variant}` ({v['steps']} steps, {v['num_test_problems']} runs)",
                  f"`{rule}` {_mean_sem(opts[rule], 'final_loss')}",
                  f"`{best}` {_mean_sem(opts[best], 'final_loss')}"]
-    anchor = key.replace("_", "-")
-    lines.append("| " + " | ".join([f"[{key}](docs/results.md#{anchor})", f"`{command}`", *cells,
+    page = OWN_PAGES.get(key, f"docs/results.md#{key.replace('_', '-')}")
+    lines.append("| " + " | ".join([f"[{key}]({page})", f"`{command}`", *cells,
                                     f"{won} of {len(s['variants'])} variants"]) + " |")
   return "\n".join(lines) + "\n"
 

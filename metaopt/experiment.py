@@ -12,6 +12,7 @@ import time
 from types import SimpleNamespace
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from metaopt.baselines import BASELINES, tune_baselines, tune_learning_rate
@@ -48,9 +49,9 @@ def _run_test_metrics(metric_fn, family, test_data, final):
   return jax.lax.map(lambda run: metric_fn(family, test_data, *run), final)
 
 
-def _tuning_set(cfg: ExperimentConfig, family):
+def _tuning_set(cfg: ExperimentConfig, family, num: int | None = None):
   return sample_tasks(family, jax.random.fold_in(jax.random.key(cfg.seed), TUNE_SET),
-                      cfg.num_tune_problems)
+                      num or cfg.num_tune_problems)
 
 
 def _tune(cfg: ExperimentConfig, family, steps) -> dict:
@@ -58,7 +59,22 @@ def _tune(cfg: ExperimentConfig, family, steps) -> dict:
   return tune_baselines(family, tasks, keys, steps, cfg.baselines, cfg.lr_grid)
 
 
-def evaluate_variant(cfg: ExperimentConfig, variant: Variant, rules: dict, tuned: dict) -> dict:
+def _near(center: float) -> tuple[float, ...]:
+  """Three half-decade-spaced rates centered on ``center``."""
+  return tuple(center * 10.0 ** (k / 2) for k in (-1, 0, 1))
+
+
+def _test_curves(make, family, tasks, keys, steps, args, chunk: int):
+  """``jitted_loss_curves`` over the test runs in chunks of ``chunk`` runs (the tuning
+  runs' count, so the tuning runs' compiled program is reused)."""
+  n = keys.shape[0]
+  parts = [jitted_loss_curves(make, family, *jax.tree.map(lambda a: a[i:i + chunk], (tasks, keys)),
+                              steps, args) for i in range(0, n, chunk)]
+  return parts[0] if len(parts) == 1 else jax.tree.map(lambda *x: jnp.concatenate(x), *parts)
+
+
+def evaluate_variant(cfg: ExperimentConfig, variant: Variant, rules: dict, tuned: dict,
+                     near: dict | None = None) -> dict:
   """Curves of the learned rules and the tuned baselines on one variant's test runs.
 
   Args:
@@ -66,30 +82,49 @@ def evaluate_variant(cfg: ExperimentConfig, variant: Variant, rules: dict, tuned
     variant: where to evaluate.
     rules: ``{name: (rule config, phi, hyper-parameters to record)}`` of the learned rules.
     tuned: the baselines' tuning results (:func:`metaopt.baselines.tune_baselines`).
+    near: the summary entry of the variant named by ``variant.tune_near`` (its tuned rates
+      center this variant's search).
   """
   test_tasks, test_keys = sample_tasks(
       variant.family, jax.random.fold_in(jax.random.key(cfg.seed), TEST_SET),
       cfg.num_test_problems)
+  tune_family = variant.tune_family or variant.family
+  num_tune = variant.num_tune_problems or cfg.num_tune_problems
+  chunk = num_tune if cfg.num_test_problems % num_tune == 0 else cfg.num_test_problems
 
   def run(make, args, hyperparameters):
-    curves, final = jitted_loss_curves(make, variant.family, test_tasks, test_keys,
-                                       variant.steps, args)
+    curves, final = _test_curves(make, variant.family, test_tasks, test_keys, variant.steps,
+                                 args, chunk)
     return _summarize(cfg, variant, curves, final, hyperparameters)
 
-  optimizers = {name: run(learned_rule, (phi, config), hyper)
-                for name, (config, phi, hyper) in rules.items()}
+  def grid(name: str, key: str, default) -> tuple[float, ...]:
+    return default if near is None else _near(near["optimizers"][name]["hyperparameters"][key])
+
+  def tune(make, name, key, default, args=()):
+    tasks, keys = _tuning_set(cfg, tune_family, num_tune)
+    return tune_learning_rate(make, tune_family, tasks, keys, variant.steps,
+                              grid(name, key, default), args=args)
+
+  optimizers = {}
+  for name, (config, phi, hyper) in rules.items():
+    # With multiplier tuning, the untuned rule runs the tuned one's program at 1.
+    untuned = (phi, config, jnp.float32(1.0)) if cfg.tune_rule_multiplier else (phi, config)
+    optimizers[name] = run(learned_rule, untuned, hyper)
   if cfg.tune_rule_multiplier:
-    tasks, keys = _tuning_set(cfg, variant.tune_family or variant.family)
     for name, (config, phi, hyper) in rules.items():
-      best, table = tune_learning_rate(learned_rule, variant.tune_family or variant.family, tasks,
-                                       keys, variant.steps, cfg.lr_grid, args=(phi, config))
-      entry = run(learned_rule, (phi, config, best),
+      best, table = tune(learned_rule, name + "_tuned", "learning_rate_multiplier",
+                         cfg.multiplier_grid or cfg.lr_grid, args=(phi, config))
+      entry = run(learned_rule, (phi, config, jnp.float32(best)),
                   {**hyper, "learning_rate_multiplier": best})
       entry["lr_grid"] = {f"{m:.6g}": v for m, v in table.items()}
       optimizers[name + "_tuned"] = entry
-  sets = [("", tuned)] if variant.reuse_tuned else []
+  names = tuple(variant.baselines or cfg.baselines)
+  sets = [("", {n: tuned[n] for n in names})] if variant.reuse_tuned else []
   if variant.retune:
-    retuned = _tune(cfg, variant.tune_family or variant.family, variant.steps)
+    retuned = {}
+    for name in names:
+      best, table = tune(BASELINES[name], name, "learning_rate", cfg.lr_grid)
+      retuned[name] = {"learning_rate": best, "grid": table}
     sets.append(("_retuned" if variant.reuse_tuned else "", retuned))
   for suffix, rates in sets:
     for name, t in rates.items():
@@ -154,7 +189,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | pathlib.Path,
                      "num_meta_steps": rule.train.num_meta_steps})
              for name, (rule, result) in trained.items()
              if rule.variants is None or variant.name in rule.variants}
-    variants[variant.name] = evaluate_variant(cfg, variant, rules, tuned)
+    near = variants[variant.tune_near] if variant.tune_near else None
+    variants[variant.name] = evaluate_variant(cfg, variant, rules, tuned, near)
     elapsed = time.perf_counter() - start
     if not main:
       continue

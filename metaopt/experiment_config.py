@@ -41,6 +41,13 @@ class Variant:
       family. With ``retune=True, reuse_tuned=False`` only the baselines re-tuned
       on this variant are evaluated, under their plain names.
     info: more JSON fields of this variant's entry in ``summary.json`` (e.g. its split).
+    tune_near: the name of an earlier re-tuned variant: re-tuning here starts from a
+      three-point half-decade grid around each rate (and rule multiplier) tuned there,
+      extended past an edge as usual, instead of the whole grid (e.g. a 10x horizon
+      searched around the 1x rates).
+    baselines: the baselines evaluated on this variant (default: the experiment's).
+    num_tune_problems: validation runs of this variant's re-tuning (default: the
+      experiment's).
   """
 
   name: str
@@ -51,6 +58,9 @@ class Variant:
   test_data: Any = None
   reuse_tuned: bool = True
   info: dict = dataclasses.field(default_factory=dict)
+  tune_near: str | None = None
+  baselines: tuple[str, ...] | None = None
+  num_tune_problems: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +124,7 @@ class ExperimentConfig:
     estimator: the main rule's meta-gradient estimator factory (see :class:`ExtraRule`).
     tune_rule_multiplier: also evaluate each learned rule with its
       ``learning_rate_multiplier`` tuned per variant on the grid, as ``<name>_tuned``.
+    multiplier_grid: the initial grid of that multiplier (default ``lr_grid``).
   """
 
   name: str
@@ -135,6 +146,7 @@ class ExperimentConfig:
   info: dict = dataclasses.field(default_factory=dict)
   estimator: Estimating | None = None
   tune_rule_multiplier: bool = False
+  multiplier_grid: Sequence[float] | None = None
 
   def __post_init__(self):
     unknown = [b for b in self.baselines if b not in BASELINES]
@@ -155,6 +167,7 @@ class ExperimentConfig:
       if not (v.reuse_tuned or v.retune):
         raise ValueError(f"variant {v.name!r}: reuse_tuned=False needs retune=True (else no "
                          "baseline is evaluated)")
+      _check_variant_tuning(self, v)
     names = [v.name for v in self.all_variants()]
     if len(set(names)) != len(names):
       raise ValueError(f"ExperimentConfig.variants: duplicate names in {names}")
@@ -172,3 +185,27 @@ class ExperimentConfig:
     if self.variants:
       return tuple(self.variants)
     return (Variant("base", self.family, self.eval_steps),)
+
+
+def _check_variant_tuning(cfg: ExperimentConfig, v: Variant) -> None:
+  earlier = {}
+  for u in cfg.all_variants():
+    if u.name == v.name:
+      break
+    earlier[u.name] = u
+  unknown = sorted(set(v.baselines or ()) - set(cfg.baselines))
+  if unknown:
+    raise ValueError(f"variant {v.name!r}: baselines {unknown} are not among the experiment's "
+                     f"{list(cfg.baselines)}")
+  if v.num_tune_problems is not None and int(v.num_tune_problems) <= 0:
+    raise ValueError(f"variant {v.name!r}: num_tune_problems must be a positive integer, got "
+                     f"{v.num_tune_problems!r}")
+  if v.tune_near is None:
+    return
+  near = earlier.get(v.tune_near)
+  if near is None or not near.retune or near.reuse_tuned or not v.retune or v.reuse_tuned:
+    raise ValueError(f"variant {v.name!r}: tune_near={v.tune_near!r} must name an earlier "
+                     "variant, and both must have retune=True, reuse_tuned=False")
+  missing = sorted(set(v.baselines or cfg.baselines) - set(near.baselines or cfg.baselines))
+  if missing:
+    raise ValueError(f"variant {v.name!r}: {v.tune_near!r} does not tune {missing}")

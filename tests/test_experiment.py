@@ -150,10 +150,10 @@ def test_variants_done_survive_a_failure_in_a_later_one(tmp_path, monkeypatch):
   import metaopt.experiment as experiment
   real = experiment.evaluate_variant
 
-  def failing_on_second(cfg, variant, rules, tuned):
+  def failing_on_second(cfg, variant, *args):
     if variant.name == "second":
       raise RuntimeError("killed")
-    return real(cfg, variant, rules, tuned)
+    return real(cfg, variant, *args)
 
   monkeypatch.setattr(experiment, "evaluate_variant", failing_on_second)
   fam = QuadraticFamily(dim=3)
@@ -170,6 +170,49 @@ def test_variants_done_survive_a_failure_in_a_later_one(tmp_path, monkeypatch):
   assert set(partial["variants"]["first"]["optimizers"]) == {"lstm", "sgd"}
 
 
+def test_a_variant_tuned_near_another_searches_around_its_rates(tmp_path):
+  fam = QuadraticFamily(dim=3)
+  short = Variant("short", fam, 4, retune=True, reuse_tuned=False)
+  long = Variant("long", fam, 12, retune=True, reuse_tuned=False, tune_near="short",
+                 baselines=("adam",), num_tune_problems=2)
+  cfg = ExperimentConfig(
+      name="q", family=fam, lstm=LSTMConfig((4,)), eval_steps=4, baselines=("sgd", "adam"),
+      train=MetaTrainConfig(truncation=Truncation(horizon=4, unroll_length=2), batch_size=4,
+                            num_meta_steps=2, validation=Validation(every=2, num_problems=2)),
+      variants=(short, long), num_test_problems=4, num_tune_problems=4,
+      lr_grid=(1e-3, 1e-2, 1e-1, 1.0), tune_rule_multiplier=True, multiplier_grid=(0.1, 1, 10))
+  variants = run_experiment(cfg, tmp_path, progress=False)["variants"]
+  assert set(variants["short"]["optimizers"]) == {"lstm", "lstm_tuned", "sgd", "adam"}
+  assert set(variants["long"]["optimizers"]) == {"lstm", "lstm_tuned", "adam"}
+  assert sorted(float(m) for m in variants["short"]["optimizers"]["lstm_tuned"]["lr_grid"])[:3] \
+      == [0.1, 1.0, 10.0]
+  for name, key in (("adam", "learning_rate"), ("lstm_tuned", "learning_rate_multiplier")):
+    center = variants["short"]["optimizers"][name]["hyperparameters"][key]
+    rates = sorted(float(r) for r in variants["long"]["optimizers"][name]["lr_grid"])
+    # Half-decade steps from the short variant's rate, both neighbours searched.
+    steps = [2 * np.log10(r / center) for r in rates]
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-4)
+    assert min(steps) <= -1 + 1e-4 and max(steps) >= 1 - 1e-4 and len(rates) <= 3 + 6
+  # The untuned rule is the tuned rule's program at multiplier 1.
+  assert variants["long"]["optimizers"]["lstm"]["hyperparameters"].get(
+      "learning_rate_multiplier") is None
+
+
+def test_test_runs_in_chunks_give_what_one_call_gives():
+  from metaopt.baselines import BASELINES
+  from metaopt.experiment import _test_curves
+  from metaopt.unroll import sample_tasks
+
+  fam = QuadraticFamily(dim=3)
+  tasks, keys = sample_tasks(fam, jax.random.key(3), 6)
+  whole = _test_curves(BASELINES["adam"], fam, tasks, keys, 5, (0.1,), 6)
+  chunks = _test_curves(BASELINES["adam"], fam, tasks, keys, 5, (0.1,), 2)
+  for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(chunks)):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+  assert not np.allclose(whole[0][0], whole[0][1])   # different runs, in their order
+
+
 def test_bad_experiment_configuration_is_rejected_before_any_compute():
   import pytest
 
@@ -182,6 +225,13 @@ def test_bad_experiment_configuration_is_rejected_before_any_compute():
     ExperimentConfig(**base, lr_grid=(0.0, 0.1, 1.0))
   with pytest.raises(ValueError, match="num_test_problems must be a positive integer"):
     ExperimentConfig(**base, num_test_problems=0)
+  fam = base["family"]
+  a = Variant("a", fam, 4, retune=True, reuse_tuned=False)
+  later = Variant("b", fam, 8, retune=True, reuse_tuned=False, tune_near="c")
+  with pytest.raises(ValueError, match="tune_near='c' must name an earlier variant"):
+    ExperimentConfig(**base, variants=(a, later))
+  with pytest.raises(ValueError, match=r"baselines \['adamw'\] are not among"):
+    ExperimentConfig(**base, variants=(Variant("a", fam, 4, baselines=("adamw",)),))
 
 
 def test_unknown_problem_family_name_is_rejected():
