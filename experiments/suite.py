@@ -20,11 +20,11 @@ import pathlib
 
 import numpy as np
 
-from experiments.generalize import GENERAL_LSTM
 from metaopt import command_line
 from metaopt.config import MetaTrainConfig
 from metaopt.evaluate import write_summary
 from metaopt.experiment import ExperimentConfig, Variant
+from metaopt.mlp_rule import MLPRuleConfig
 from metaopt.objectives import Objective
 from metaopt.pes import PES
 from metaopt.problems.joint import JointFamily, NormalizedFamily
@@ -39,13 +39,9 @@ LR_GRID = tuple(10.0 ** (k / 2) for k in range(-8, 1))
 MULTIPLIER_GRID = tuple(10.0 ** (k / 2) for k in range(-2, 3))
 
 
-def rule_config():
-  """The per-parameter MLP rule when the package has it, else the generalizing LSTM."""
-  try:
-    from metaopt.mlp_rule import MLPRuleConfig
-  except ImportError:
-    return GENERAL_LSTM
-  return MLPRuleConfig()
+def rule_config() -> MLPRuleConfig:
+  """The per-parameter MLP rule on an Adam base: untrained, it is Adam at rate 0.01."""
+  return MLPRuleConfig(adam_base_decay=0.9, step_mult=0.01)
 
 
 def train_config(quick: bool = False) -> MetaTrainConfig:
@@ -54,7 +50,7 @@ def train_config(quick: bool = False) -> MetaTrainConfig:
       truncation=Truncation(horizon=10 if quick else 100, unroll_length=5 if quick else 10),
       objective=Objective(loss="log_loss"),
       batch_size=4 if quick else 8,        # antithetic pairs of joint runs per meta-step
-      num_meta_steps=4 if quick else 800,
+      num_meta_steps=4 if quick else 1000,
       meta_learning_rate=3e-3,
       clip_norm=1.0,
       validation=Validation(every=2 if quick else 100, num_problems=2 if quick else 8),

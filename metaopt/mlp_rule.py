@@ -60,6 +60,10 @@ class MLPRuleConfig:
       They are the same for every coordinate, so they only shift the first layer's bias.
     output_init_scale: std of the output layer's initial weights (small: the untrained rule
       takes small steps).
+    adam_base_decay: if set (one of ``momentum_decays``), the direction is Adam's,
+      :math:`-\\hat m / \\sqrt{\\hat v}` at that decay, plus the MLP's output, so the untrained
+      rule (small output layer) is Adam with learning rate ``step_mult`` and meta-training
+      learns corrections to it and a per-coordinate log-magnitude; None: the MLP's output alone.
   """
 
   hidden_sizes: tuple[int, ...] = (16,)
@@ -72,6 +76,7 @@ class MLPRuleConfig:
   use_params: bool = True
   time_scales: tuple[float, ...] = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000)
   output_init_scale: float = 0.01
+  adam_base_decay: float | None = None
 
   def __post_init__(self):
     for name in ("hidden_sizes", "momentum_decays", "time_scales"):
@@ -84,6 +89,11 @@ class MLPRuleConfig:
     for b in (*self.momentum_decays, self.second_moment_decay):
       if not 0 <= b < 1:
         raise ValueError(f"MLPRuleConfig decays must be in [0, 1), got {b!r}")
+    if self.adam_base_decay is not None:
+      object.__setattr__(self, "adam_base_decay", float(self.adam_base_decay))
+      if self.adam_base_decay not in self.momentum_decays:
+        raise ValueError(f"MLPRuleConfig.adam_base_decay must be one of momentum_decays "
+                         f"{self.momentum_decays}, got {self.adam_base_decay!r}")
     if any(t <= 0 for t in self.time_scales):
       raise ValueError(f"MLPRuleConfig.time_scales must be > 0, got {self.time_scales}")
     for name in ("exp_mult", "step_mult", "eps", "output_init_scale"):
@@ -218,6 +228,8 @@ def mlp_step(meta_params: Any, config: MLPRuleConfig, grads: Any, state: MLPRule
   .. math:: u_t = d_t \\cdot \\exp(\\alpha\\, m_t) \\cdot \\beta, \\qquad
      (d_t, m_t) = \\mathrm{MLP}_\\phi(\\text{features}_t, \\tanh(t / \\tau))
 
+  (with ``adam_base_decay``, :math:`d_t` also gets Adam's direction added).
+
   Args:
     meta_params: phi, as returned by :func:`init_mlp_meta_params`.
     config: the configuration phi was made for.
@@ -268,6 +280,8 @@ def mlp_step(meta_params: Any, config: MLPRuleConfig, grads: Any, state: MLPRule
     if flatten_coordinates:
       x = x.reshape(x.shape[0], -1)
     d, log_magnitude = mlp_apply(meta_params, config, x, count)
+    if config.adam_base_decay is not None:  # feature 1 + k: the k-th momentum over sqrt(v)
+      d = d - x[1 + config.momentum_decays.index(config.adam_base_decay)]
     u = d * jnp.exp(config.exp_mult * log_magnitude) * config.step_mult
     updates.append(u.reshape(g.shape).astype(g.dtype))
   factored = lambda xs: treedef.unflatten(xs) if config.factored else ()

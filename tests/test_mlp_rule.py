@@ -241,6 +241,28 @@ def test_untrained_rule_takes_small_steps():
   assert 0 < float(optax.tree.norm(updates)) < 1e-3
 
 
+def test_with_an_adam_base_the_rule_with_a_silent_mlp_is_adam():
+  config = MLPRuleConfig(hidden_sizes=(8,), adam_base_decay=0.9, step_mult=0.01)
+  phi = metaopt.init_meta_params(config, jax.random.key(0))
+  silent = jax.tree.map(jnp.zeros_like, phi["params"]["output"])
+  phi = {"params": {**phi["params"], "output": silent}}
+  rule = learned_rule(phi, config)
+  # Adam's m / (sqrt(v) + eps) with eps folded into the root, as the rule's features do.
+  adam = optax.adam(0.01, b1=0.9, b2=0.999, eps=0.0, eps_root=config.eps ** 2)
+  params = _params()
+  state, adam_state = rule.init(params), adam.init(params)
+  for k in range(3):
+    grads = _grads(jax.tree.map(lambda p: p * (k + 1.0), params))
+    u, state = jax.jit(rule.update)(grads, state, params)
+    want, adam_state = adam.update(grads, adam_state)
+    chex.assert_trees_all_close(u, want, rtol=2e-5, atol=1e-9)
+  trained = learned_rule(metaopt.init_meta_params(config, jax.random.key(0)), config)
+  u, _ = jax.jit(trained.update)(grads, trained.init(params), params)
+  assert float(optax.tree.norm(jax.tree.map(jnp.subtract, u, want))) > 0
+  with pytest.raises(ValueError, match="adam_base_decay must be one of momentum_decays"):
+    MLPRuleConfig(adam_base_decay=0.95)
+
+
 def test_update_without_params_is_a_clear_error_when_the_rule_reads_them():
   rule = learned_rule(_phi(CONFIGS["full"]), CONFIGS["full"])
   params = _params()
