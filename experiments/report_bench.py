@@ -82,4 +82,14 @@ def bench_headline(root: pathlib.Path) -> str:
           f"it; the learned rule's optax step costs {mid[0]['ns_per_param']:.3g} ns per parameter "
           f"at {mid[0]['num_params']:,} parameters "
           f"({mid[0]['seconds'] / mid[0]['adam_seconds']:.0f}× `optax.adam`'s "
-          f"{_time(mid[0]['adam_seconds'])}).\n")
+          f"{_time(mid[0]['adam_seconds'])})" + _mlp_clause(b) + ".\n")
+
+
+def _mlp_clause(b: dict) -> str:
+  """The MLP rule's optax step at 10^6 parameters, when the bench has it."""
+  mlp = [r for r in b["rule_step"] if r.get("rule") == "mlp" and r["num_params"] == 1_000_000]
+  if not mlp:
+    return ""
+  r = mlp[0]
+  return (f", the MLP rule's {r['ns_per_param']:.3g} ns "
+          f"({r['seconds'] / r['adam_seconds']:.1f}× Adam's)")

@@ -144,8 +144,10 @@ def pretrained_manifest() -> list[dict]:
     One dict per shipped rule, sorted by name: ``name``, ``sha256`` (of its
     ``.msgpack`` file), ``experiment``, ``make_target``, ``results_file`` (the
     file under ``results/`` it is a copy of), ``commit`` (the code the
-    experiment ran at, from its ``summary.json``) and ``shipped_in`` (the commit
-    that added the file).
+    experiment ran at, from its ``summary.json``), ``shipped_in`` (the commit
+    that added the file) and ``version`` (of the rule under that name: it grows
+    when a name gets a new rule, and the rule it replaced stays available under
+    another name).
 
   Raises:
     FileNotFoundError: the manifest is missing from the installed package.

@@ -11,7 +11,8 @@ from metaopt import checkpoint
 from metaopt.checkpoint import list_pretrained, load_pretrained, pretrained_manifest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-FIELDS = {"name", "sha256", "experiment", "make_target", "results_file", "commit", "shipped_in"}
+FIELDS = {"name", "sha256", "experiment", "make_target", "results_file", "commit", "shipped_in",
+          "version"}
 
 
 def _sha256(path: pathlib.Path) -> str:
@@ -24,6 +25,7 @@ def test_every_shipped_file_is_in_the_manifest_and_vice_versa():
   for entry in pretrained_manifest():
     assert set(entry) == FIELDS, entry
     assert len(entry["commit"]) == 40 and len(entry["shipped_in"]) == 40
+    assert isinstance(entry["version"], int) and entry["version"] >= 1
 
 
 @pytest.mark.parametrize("entry", pretrained_manifest(), ids=lambda e: e["name"])
