@@ -85,6 +85,8 @@ def suite_block(key: str, path: pathlib.Path, root: pathlib.Path) -> str:
   scores = s.get("suite_scores") or {}
   verdicts = {n: v for g in scores.values() for n, v in g["verdicts"].items()}
   lines = [facts_line(key, path, root, s), ""]
+  for note in sorted(k for k in s if k.endswith("_note")):
+    lines += [f"Note ({note}): {s[note]}", ""]
   lines += scores_table(scores)
   ratio = _rule_step_ratio(root)
   if ratio:
