@@ -24,11 +24,13 @@ class ReportError(Exception):
 
 
 def _num(x: float | None, digits: int = 4) -> str:
-  """``digits`` significant digits, fixed notation for everyday magnitudes."""
+  """``digits`` significant digits, fixed notation for everyday magnitudes (below 10^6)."""
   if x is None or not math.isfinite(x):
     return "–"
   if x == 0:
     return "0"
+  if abs(x) >= 1e6:  # a diverged run's mean: scientific notation
+    return f"{x:.{digits - 1}e}"
   decimals = max(0, digits - 1 - int(math.floor(math.log10(abs(x)))))
   return f"{x:.{decimals}f}"
 

@@ -22,12 +22,14 @@ import numpy as np
 
 from metaopt import command_line
 from metaopt.config import MetaTrainConfig
+from metaopt.data import load_dataset
 from metaopt.evaluate import write_summary
 from metaopt.experiment import ExperimentConfig, Variant
 from metaopt.mlp_rule import MLPRuleConfig
 from metaopt.objectives import Objective
 from metaopt.pes import PES
 from metaopt.problems.joint import JointFamily, NormalizedFamily
+from metaopt.problems.mlp import MLPFamily
 from metaopt.problems.suite import META_TRAIN, make_suite
 from metaopt.scoring import bootstrap_iqm, compare, diverged
 from metaopt.truncation import Truncation
@@ -70,8 +72,6 @@ def pes(config, train: MetaTrainConfig) -> PES:
 
 def paper_mnist_family(data_dir: str | None = None, quick: bool = False):
   """The paper's MNIST base net (one hidden layer of 20 sigmoid units, batches of 128)."""
-  from metaopt.data import load_dataset
-  from metaopt.problems.mlp import MLPFamily
   ds = load_dataset("mnist", data_dir)
   return MLPFamily.from_dataset(ds, init_scale=0.01, batch_size=32 if quick else 128,
                                 hidden_sizes=(20,), activation="sigmoid")

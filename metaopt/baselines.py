@@ -5,7 +5,7 @@ They run through exactly the same unroll as the learned rule.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -91,8 +91,11 @@ def tune_learning_rate(make_optimizer: Callable[..., optax.GradientTransformatio
 
 def tune_baselines(family: ProblemFamily, tasks: Task, keys: jax.Array, num_steps: int,
                    names: Sequence[str] = tuple(BASELINES),
-                   grid: Sequence[float] = DEFAULT_GRID) -> dict[str, dict]:
+                   grid: Sequence[float] | Mapping[str, Sequence[float]] = DEFAULT_GRID
+                   ) -> dict[str, dict]:
   """Tune each named baseline's learning rate (see :func:`tune_learning_rate`).
+
+  ``grid``: one initial grid for all, or ``{name: grid}``.
 
   Returns:
     ``{name: {"learning_rate": best, "grid": {rate: final loss}}}``.
@@ -102,6 +105,7 @@ def tune_baselines(family: ProblemFamily, tasks: Task, keys: jax.Array, num_step
     raise ValueError(f"unknown baseline(s) {unknown}; expected names from {list(BASELINES)}")
   out = {}
   for name in names:
-    best, table = tune_learning_rate(BASELINES[name], family, tasks, keys, num_steps, grid)
+    start = grid[name] if isinstance(grid, Mapping) else grid
+    best, table = tune_learning_rate(BASELINES[name], family, tasks, keys, num_steps, start)
     out[name] = {"learning_rate": best, "grid": table}
   return out

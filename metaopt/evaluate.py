@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import subprocess
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -33,7 +34,8 @@ def summarize_curves(curves: Any, hyperparameters: Mapping[str, Any]) -> dict:
   n = curves.shape[0]
   mean = curves.mean(axis=0)
   sem = curves.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros_like(mean)
-  clean = lambda xs: [float(x) if np.isfinite(x) else None for x in xs]
+  # 7 significant digits: the curves are f32 runs; more digits only grow summary.json.
+  clean = lambda xs: [float(f"{x:.7g}") if np.isfinite(x) else None for x in xs]
   return {
       "hyperparameters": dict(hyperparameters),
       "loss_mean": clean(mean),
@@ -120,9 +122,16 @@ def make_summary(experiment: str, variants: Mapping[str, dict], meta_train_secon
   }
 
 
+_NUMBER = r"(?:-?[0-9][0-9.eE+-]*|null)"
+_NUMBER_LIST = re.compile(rf"\[\s*{_NUMBER}(?:\s*,\s*{_NUMBER})*\s*\]")
+
+
 def write_summary(path: str | os.PathLike, summary: dict) -> None:
-  """Write ``summary`` as indented JSON, atomically."""
-  atomic_write_bytes(path, (json.dumps(summary, indent=1) + "\n").encode())
+  """Write ``summary`` as indented JSON, atomically; each list of numbers (a loss curve,
+  per-run losses) on one line."""
+  text = _NUMBER_LIST.sub(lambda m: re.sub(r"\s+", "", m.group(0)).replace(",", ", "),
+                          json.dumps(summary, indent=1))
+  atomic_write_bytes(path, (text + "\n").encode())
 
 
 def format_table(summary: dict) -> str:

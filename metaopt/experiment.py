@@ -100,10 +100,7 @@ def evaluate_variant(cfg: ExperimentConfig, variant: Variant, rules: dict, tuned
   def grid(name: str, key: str, default) -> tuple[float, ...]:
     return default if near is None else _near(near["optimizers"][name]["hyperparameters"][key])
 
-  def tune(make, name, key, default, args=()):
-    tasks, keys = _tuning_set(cfg, tune_family, num_tune)
-    return tune_learning_rate(make, tune_family, tasks, keys, variant.steps,
-                              grid(name, key, default), args=args)
+  tune_tasks, tune_keys = _tuning_set(cfg, tune_family, num_tune)
 
   optimizers = {}
   for name, (config, phi, hyper) in rules.items():
@@ -112,8 +109,10 @@ def evaluate_variant(cfg: ExperimentConfig, variant: Variant, rules: dict, tuned
     optimizers[name] = run(learned_rule, untuned, hyper)
   if cfg.tune_rule_multiplier:
     for name, (config, phi, hyper) in rules.items():
-      best, table = tune(learned_rule, name + "_tuned", "learning_rate_multiplier",
-                         cfg.multiplier_grid or cfg.lr_grid, args=(phi, config))
+      best, table = tune_learning_rate(
+          learned_rule, tune_family, tune_tasks, tune_keys, variant.steps,
+          grid(name + "_tuned", "learning_rate_multiplier", cfg.multiplier_grid or cfg.lr_grid),
+          args=(phi, config))
       entry = run(learned_rule, (phi, config, jnp.float32(best)),
                   {**hyper, "learning_rate_multiplier": best})
       entry["lr_grid"] = {f"{m:.6g}": v for m, v in table.items()}
@@ -121,10 +120,8 @@ def evaluate_variant(cfg: ExperimentConfig, variant: Variant, rules: dict, tuned
   names = tuple(variant.baselines or cfg.baselines)
   sets = [("", {n: tuned[n] for n in names})] if variant.reuse_tuned else []
   if variant.retune:
-    retuned = {}
-    for name in names:
-      best, table = tune(BASELINES[name], name, "learning_rate", cfg.lr_grid)
-      retuned[name] = {"learning_rate": best, "grid": table}
+    retuned = tune_baselines(tune_family, tune_tasks, tune_keys, variant.steps, names,
+                             {n: grid(n, "learning_rate", cfg.lr_grid) for n in names})
     sets.append(("_retuned" if variant.reuse_tuned else "", retuned))
   for suffix, rates in sets:
     for name, t in rates.items():
