@@ -24,7 +24,7 @@ import optax
 import metaopt
 from experiments.bench_processes import bench_processes
 from metaopt.config import MetaTrainConfig
-from metaopt.evaluate import git_commit, malloc_in_use
+from metaopt.evaluate import git_commit, malloc_description
 from metaopt.meta_step import prepare
 from metaopt.mlp_rule import MLPRuleConfig
 from metaopt.networks import LSTMConfig
@@ -218,7 +218,7 @@ def main(argv=None) -> dict:
   matmul_size = 1024 if args.quick else 2048
   rate = matmul_flop_rate(matmul_size)
   rate_highest = matmul_flop_rate(matmul_size, precision=jax.lax.Precision.HIGHEST)
-  malloc = malloc_in_use()
+  malloc = malloc_description()
   print(f"device {device.platform} ({device.device_kind}), malloc {malloc}, "
         f"matmul {rate / 1e9:.1f} GFLOP/s (precision HIGHEST: {rate_highest / 1e9:.1f})")
 

@@ -21,8 +21,8 @@ and everything outside the blocks is hand-written prose. Names:
 - ``trials:KEY``: the table of ``results/KEY/trials.json``;
 - ``suite:KEY`` (docs/suite.md): the task-suite scores and per-task table of
   ``results/KEY/summary.json`` (it stands for that summary's experiment block);
-- ``bench:FILE:TABLE`` (docs/performance.md): ``meta-step``, ``rule-step`` or ``memory`` of
-  ``results/bench/FILE``.
+- ``bench:FILE:TABLE`` (docs/performance.md): ``meta-step``, ``rule-step``, ``memory`` or
+  ``malloc`` of ``results/bench/FILE``.
 
 Only the standard library and numpy: no JAX import. Output is deterministic (fixed formatting,
 optimizers sorted by final loss then name, experiments in file order).

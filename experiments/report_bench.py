@@ -17,8 +17,25 @@ def _time(seconds: float) -> str:
   return f"{seconds * 1e3:.3g} ms"
 
 
+def malloc_block(b: dict, name: str) -> str:
+  """The allocator comparison of ``make bench-malloc`` (experiments/bench_malloc.py)."""
+  lines = [f"`results/bench/{name}`: commit `{b['commit'][:7]}`, {b['cpu_count']} CPUs, "
+           f"{b['rounds']} rounds of one process per setting, alternating.", "",
+           "| allocator | MNIST meta-step (median of rounds) | per round | of matmul "
+           "| minor page faults |", "| --- | --- | --- | --- | --- |"]
+  for key, s in b["settings"].items():
+    lines.append("| " + " | ".join([
+        f"{key}: {s['malloc']}", _time(s["median_seconds"]),
+        ", ".join(_time(r["seconds"]) for r in s["runs"]),
+        _fraction(s["median_fraction_of_matmul"]),
+        f"{s['median_minor_page_faults']:,.0f}"]) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def bench_block(name: str, table: str, root: pathlib.Path) -> str:
   b = _load(root / "results" / "bench" / name)
+  if table == "malloc":
+    return malloc_block(b, name)
   head = (f"`results/bench/{name}`: {b['device']}, JAX {b['jax_version']}, commit "
           f"`{b['commit'][:7]}`, {b.get('cpu_count', '?')} CPUs, malloc {b.get('malloc', '?')}; "
           f"2048² f32 matmul {b['matmul_flop_rate'] / 1e9:.1f} GFLOP/s "
@@ -65,7 +82,7 @@ def bench_block(name: str, table: str, root: pathlib.Path) -> str:
                 f"{rows[hi][False]['bytes'] / rows[20][False]['bytes']:.1f}× without "
                 f"(unroll {lo}: {rows[lo][False]['bytes'] / 2**20:.0f} MiB without)."]
   else:
-    raise ReportError(f"unknown bench table {table!r} (meta-step, rule-step, memory)")
+    raise ReportError(f"unknown bench table {table!r} (meta-step, rule-step, memory, malloc)")
   return "\n".join(lines) + "\n"
 
 

@@ -104,6 +104,28 @@ def malloc_in_use() -> str:
   return next((name for name in ("tcmalloc", "jemalloc", "mimalloc") if name in maps), "system")
 
 
+def malloc_description() -> str:
+  """:func:`malloc_in_use`, with the C library's malloc tunables when the system one runs.
+
+  The Makefile runs experiments and the bench with ``GLIBC_TUNABLES`` that keep freed
+  buffers and back them with transparent huge pages (docs/performance.md); timings say so.
+
+  Example:
+    >>> malloc_description()   # e.g. 'system (glibc.malloc.hugetlb=1, THP madvise)'
+  """
+  name = malloc_in_use()
+  tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":")
+              if t.startswith("glibc.malloc.")]
+  if name != "system" or not tunables:
+    return name
+  try:
+    thp = pathlib.Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    thp = re.search(r"\[(\w+)\]", thp).group(1)
+  except (OSError, AttributeError):
+    thp = "unknown"
+  return f"system ({', '.join(tunables)}; THP {thp})"
+
+
 def make_summary(experiment: str, variants: Mapping[str, dict], meta_train_seconds: float,
                  eval_seconds: float, **extra: Any) -> dict:
   """Assemble the summary dict shared by all experiments (docs/design.md, results files)."""
@@ -114,7 +136,7 @@ def make_summary(experiment: str, variants: Mapping[str, dict], meta_train_secon
       "device_kind": jax.devices()[0].device_kind,
       "jax_version": jax.__version__,
       "python": platform.python_version(),
-      "malloc": malloc_in_use(),
+      "malloc": malloc_description(),
       "meta_train_seconds": float(meta_train_seconds),
       "eval_seconds": float(eval_seconds),
       **extra,

@@ -66,11 +66,15 @@ def _near(center: float) -> tuple[float, ...]:
 
 def _test_curves(make, family, tasks, keys, steps, args, chunk: int):
   """``jitted_loss_curves`` over the test runs in chunks of ``chunk`` runs (the tuning
-  runs' count, so the tuning runs' compiled program is reused)."""
+  runs' count, so the tuning runs' compiled program is reused); a last partial chunk is
+  filled up with repeats of the first runs, whose results are dropped."""
   n = keys.shape[0]
-  parts = [jitted_loss_curves(make, family, *jax.tree.map(lambda a: a[i:i + chunk], (tasks, keys)),
+  padded = jax.tree.map(lambda a: jnp.take(a, jnp.arange(-(-n // chunk) * chunk) % n, axis=0),
+                        (tasks, keys))
+  parts = [jitted_loss_curves(make, family, *jax.tree.map(lambda a: a[i:i + chunk], padded),
                               steps, args) for i in range(0, n, chunk)]
-  return parts[0] if len(parts) == 1 else jax.tree.map(lambda *x: jnp.concatenate(x), *parts)
+  whole = parts[0] if len(parts) == 1 else jax.tree.map(lambda *x: jnp.concatenate(x), *parts)
+  return jax.tree.map(lambda a: a[:n], whole)
 
 
 def evaluate_variant(cfg: ExperimentConfig, variant: Variant, rules: dict, tuned: dict,
@@ -90,11 +94,12 @@ def evaluate_variant(cfg: ExperimentConfig, variant: Variant, rules: dict, tuned
       cfg.num_test_problems)
   tune_family = variant.tune_family or variant.family
   num_tune = variant.num_tune_problems or cfg.num_tune_problems
-  chunk = num_tune if cfg.num_test_problems % num_tune == 0 else cfg.num_test_problems
+  n_test = cfg.num_test_problems
 
-  def run(make, args, hyperparameters):
+  def run(make, args, hyperparameters, tuned_program: bool = True):
+    # A tuned optimizer's test runs reuse its tuning program (chunks of the tuning runs).
     curves, final = _test_curves(make, variant.family, test_tasks, test_keys, variant.steps,
-                                 args, chunk)
+                                 args, num_tune if tuned_program else n_test)
     return _summarize(cfg, variant, curves, final, hyperparameters)
 
   def grid(name: str, key: str, default) -> tuple[float, ...]:
@@ -106,7 +111,7 @@ def evaluate_variant(cfg: ExperimentConfig, variant: Variant, rules: dict, tuned
   for name, (config, phi, hyper) in rules.items():
     # With multiplier tuning, the untuned rule runs the tuned one's program at 1.
     untuned = (phi, config, jnp.float32(1.0)) if cfg.tune_rule_multiplier else (phi, config)
-    optimizers[name] = run(learned_rule, untuned, hyper)
+    optimizers[name] = run(learned_rule, untuned, hyper, cfg.tune_rule_multiplier)
   if cfg.tune_rule_multiplier:
     for name, (config, phi, hyper) in rules.items():
       best, table = tune_learning_rate(
@@ -123,9 +128,13 @@ def evaluate_variant(cfg: ExperimentConfig, variant: Variant, rules: dict, tuned
     retuned = tune_baselines(tune_family, tune_tasks, tune_keys, variant.steps, names,
                              {n: grid(n, "learning_rate", cfg.lr_grid) for n in names})
     sets.append(("_retuned" if variant.reuse_tuned else "", retuned))
+  done = {}  # a re-tuned baseline that lands on the same rate has the same test runs
   for suffix, rates in sets:
     for name, t in rates.items():
-      entry = run(BASELINES[name], (t["learning_rate"],), {"learning_rate": t["learning_rate"]})
+      rate = t["learning_rate"]
+      if (name, rate) not in done:
+        done[name, rate] = run(BASELINES[name], (rate,), {"learning_rate": rate})
+      entry = dict(done[name, rate])
       entry["lr_grid"] = {f"{lr:.6g}": v for lr, v in t["grid"].items()}
       optimizers[name + suffix] = entry
   return {"steps": variant.steps, "num_test_problems": cfg.num_test_problems, **variant.info,

@@ -74,3 +74,16 @@ def test_quick_bench_writes_the_documented_layout(tmp_path, monkeypatch):
       (1000, rule) for rule in ("lstm", "mlp")]
   assert [(r["unroll"], r["remat"]) for r in result["memory"]] == [
       (10, False), (10, True), (20, False), (20, True)]
+
+
+def test_bench_malloc_times_the_makefiles_tunables_and_the_system_malloc():
+  import pathlib
+  import re
+
+  from experiments import bench_malloc
+  makefile = (pathlib.Path(__file__).parents[1] / "Makefile").read_text()
+  assert re.search(r"^MALLOC_TUNABLES \?= (\S+)$", makefile, re.M).group(1) == bench_malloc.TUNABLES
+  s = bench_malloc.settings()
+  assert s["system"]["GLIBC_TUNABLES"] == "" and s["system"]["LD_PRELOAD"] == ""
+  assert s["tunables"]["GLIBC_TUNABLES"] == bench_malloc.TUNABLES
+  assert all(t in ("system", "tunables", "tcmalloc") for t in s)

@@ -31,7 +31,7 @@ def test_tiny_experiment_writes_summary_plot_and_a_loadable_rule(tmp_path):
   for key in ("experiment", "commit", "device", "jax_version", "meta_train_seconds",
               "eval_seconds"):
     assert key in on_disk
-  assert on_disk["malloc"] in ("system", "tcmalloc", "jemalloc", "mimalloc")
+  assert on_disk["malloc"].split(" ")[0] in ("system", "tcmalloc", "jemalloc", "mimalloc")
   # The meta-training record: the nested configuration and the validation history.
   assert MetaTrainConfig.from_dict(on_disk["meta_train_config"]) == cfg.train
   assert on_disk["lstm_config"] == json.loads(json.dumps(cfg.lstm.to_dict()))
@@ -206,10 +206,11 @@ def test_test_runs_in_chunks_give_what_one_call_gives():
   fam = QuadraticFamily(dim=3)
   tasks, keys = sample_tasks(fam, jax.random.key(3), 6)
   whole = _test_curves(BASELINES["adam"], fam, tasks, keys, 5, (0.1,), 6)
-  chunks = _test_curves(BASELINES["adam"], fam, tasks, keys, 5, (0.1,), 2)
-  for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(chunks)):
-    assert a.shape == b.shape
-    np.testing.assert_allclose(a, b, rtol=1e-6)
+  for chunk in (2, 4):   # 4: the last chunk is filled up with repeats, then dropped
+    chunks = _test_curves(BASELINES["adam"], fam, tasks, keys, 5, (0.1,), chunk)
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(chunks)):
+      assert a.shape == b.shape
+      np.testing.assert_allclose(a, b, rtol=1e-6)
   assert not np.allclose(whole[0][0], whole[0][1])   # different runs, in their order
 
 
@@ -268,6 +269,18 @@ def test_malloc_in_use_sees_a_preloaded_tcmalloc():
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                        env={**os.environ, "LD_PRELOAD": TCMALLOC})
   assert out.stdout.strip() == "tcmalloc"
+
+
+def test_malloc_description_names_the_c_librarys_malloc_tunables():
+  code = "from metaopt.evaluate import malloc_description; print(malloc_description())"
+  env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+  run = lambda tunables: subprocess.run(
+      [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+      env={**env, "GLIBC_TUNABLES": tunables}).stdout.strip()
+  described = run("glibc.malloc.hugetlb=1:glibc.rtld.optional_static_tls=512")
+  assert described.startswith("system (glibc.malloc.hugetlb=1; THP ")
+  assert "rtld" not in described
+  assert run("") == "system"
 
 
 def test_late_rise_smooths_one_step_bumps_and_catches_late_divergence():
