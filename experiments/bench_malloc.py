@@ -20,7 +20,7 @@ import sys
 from metaopt.evaluate import git_commit
 
 # The Makefile's MALLOC_TUNABLES (kept equal; tests/test_bench.py checks it).
-TUNABLES = ("glibc.malloc.arena_max=2:glibc.malloc.mmap_max=0:"
+TUNABLES = ("glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=33554432:"
             "glibc.malloc.trim_threshold=68719476736:glibc.malloc.top_pad=268435456:"
             "glibc.malloc.hugetlb=1")
 TCMALLOC = "/usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4"

@@ -22,7 +22,9 @@ and everything outside the blocks is hand-written prose. Names:
 - ``suite:KEY`` (docs/suite.md): the task-suite scores and per-task table of
   ``results/KEY/summary.json`` (it stands for that summary's experiment block);
 - ``bench:FILE:TABLE`` (docs/performance.md): ``meta-step``, ``rule-step``, ``memory`` or
-  ``malloc`` of ``results/bench/FILE``.
+  ``malloc`` or ``profile`` of ``results/bench/FILE``;
+- ``wall-times`` (docs/performance.md): every make target's measured meta-training and
+  evaluation time, from its summary.
 
 Only the standard library and numpy: no JAX import. Output is deterministic (fixed formatting,
 optimizers sorted by final loss then name, experiments in file order).
@@ -43,6 +45,7 @@ from experiments.report_results import (
   experiment_block,
   results_table,
   trials_block,
+  wall_times_block,
 )
 from experiments.report_suite import suite_block
 
@@ -71,6 +74,8 @@ def render(root: pathlib.Path = ROOT) -> dict[str, str]:
         raise ReportError(f"block {name}: no results/{arg}/summary.json")
       seen.add(arg)
       body = suite_block(arg, summaries[arg], root)
+    elif kind == "wall-times":
+      body = wall_times_block(summaries)
     elif kind == "compare":
       body = compare_block(arg.split(","), summaries)
     elif kind == "trials":

@@ -25,10 +25,24 @@ def malloc_block(b: dict, name: str) -> str:
            "| minor page faults |", "| --- | --- | --- | --- | --- |"]
   for key, s in b["settings"].items():
     lines.append("| " + " | ".join([
-        f"{key}: {s['malloc']}", _time(s["median_seconds"]),
+        f"{key}: {s['malloc'].replace('glibc.malloc.', '')}", _time(s["median_seconds"]),
         ", ".join(_time(r["seconds"]) for r in s["runs"]),
         _fraction(s["median_fraction_of_matmul"]),
         f"{s['median_minor_page_faults']:,.0f}"]) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def profile_block(b: dict, name: str) -> str:
+  """The per-category op times of ``make profile`` (experiments/profile_meta_step.py)."""
+  ops = b["op_seconds_per_call"]
+  total = sum(ops.values())
+  lines = [f"`results/bench/{name}`: commit `{b['commit'][:7]}`, malloc {b['malloc']}; "
+           f"{b['problem']} meta-step, unroll {b['unroll']}, {b['calls']} traced calls: "
+           f"{_time(b['wall_seconds_per_call'])} wall per call, {_time(total)} of op time "
+           "(summed over threads).", "",
+           "| XLA ops | time per meta-step | share of op time |", "| --- | --- | --- |"]
+  for cat, s in ops.items():
+    lines.append(f"| {cat} | {_time(s)} | {_fraction(s / total)} |")
   return "\n".join(lines) + "\n"
 
 
@@ -36,6 +50,8 @@ def bench_block(name: str, table: str, root: pathlib.Path) -> str:
   b = _load(root / "results" / "bench" / name)
   if table == "malloc":
     return malloc_block(b, name)
+  if table == "profile":
+    return profile_block(b, name)
   head = (f"`results/bench/{name}`: {b['device']}, JAX {b['jax_version']}, commit "
           f"`{b['commit'][:7]}`, {b.get('cpu_count', '?')} CPUs, malloc {b.get('malloc', '?')}; "
           f"2048² f32 matmul {b['matmul_flop_rate'] / 1e9:.1f} GFLOP/s "
@@ -82,7 +98,8 @@ def bench_block(name: str, table: str, root: pathlib.Path) -> str:
                 f"{rows[hi][False]['bytes'] / rows[20][False]['bytes']:.1f}× without "
                 f"(unroll {lo}: {rows[lo][False]['bytes'] / 2**20:.0f} MiB without)."]
   else:
-    raise ReportError(f"unknown bench table {table!r} (meta-step, rule-step, memory, malloc)")
+    raise ReportError(f"unknown bench table {table!r} "
+                      "(meta-step, rule-step, memory, malloc, profile)")
   return "\n".join(lines) + "\n"
 
 

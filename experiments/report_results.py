@@ -231,6 +231,27 @@ def results_table(root: pathlib.Path, summaries: dict[str, pathlib.Path]) -> str
   return "\n".join(lines) + "\n"
 
 
+def wall_times_block(summaries: dict[str, pathlib.Path]) -> str:
+  """Measured meta-training and evaluation time of every make-target run (reruns and seeds
+  included), from its summary."""
+  lines = ["| command | results | meta-training | evaluation | total | commit "
+           "| machine, allocator |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+  for key, path in summaries.items():
+    s = _load(path)
+    if s.get("experiment") not in MAKE_TARGETS:
+      continue
+    train = s["meta_train_seconds"] + sum(e.get("meta_train_seconds", 0)
+                                          for e in (s.get("extra_rules") or {}).values())
+    lines.append("| " + " | ".join([
+        f"`{MAKE_TARGETS[s['experiment']]}`", f"`{key}`", _seconds(train),
+        _seconds(s["eval_seconds"]), _seconds(train + s["eval_seconds"]),
+        f"`{s['commit'][:7]}`",
+        f"{s.get('device_kind') or s.get('device', '?')}, "
+        + s.get("malloc", "?").replace("glibc.malloc.", "")]) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def compare_block(keys: list[str], summaries: dict[str, pathlib.Path]) -> str:
   """Final loss of every learned rule of several runs (rows) per variant (columns), in bold
   where below the best tuned baseline of that variant in the first run; that baseline last."""

@@ -107,8 +107,8 @@ def malloc_in_use() -> str:
 def malloc_description() -> str:
   """:func:`malloc_in_use`, with the C library's malloc tunables when the system one runs.
 
-  The Makefile runs experiments and the bench with ``GLIBC_TUNABLES`` that keep freed
-  buffers and back them with transparent huge pages (docs/performance.md); timings say so.
+  The Makefile runs experiments and the bench with ``GLIBC_TUNABLES`` that keep malloc's heaps
+  and back its memory with transparent huge pages (docs/performance.md); timings say so.
 
   Example:
     >>> malloc_description()   # e.g. 'system (glibc.malloc.hugetlb=1, THP madvise)'

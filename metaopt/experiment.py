@@ -133,7 +133,8 @@ def evaluate_variant(cfg: ExperimentConfig, variant: Variant, rules: dict, tuned
     for name, t in rates.items():
       rate = t["learning_rate"]
       if (name, rate) not in done:
-        done[name, rate] = run(BASELINES[name], (rate,), {"learning_rate": rate})
+        # A strong f32, as in the tuning runs (a Python float would compile another program).
+        done[name, rate] = run(BASELINES[name], (jnp.float32(rate),), {"learning_rate": rate})
       entry = dict(done[name, rate])
       entry["lr_grid"] = {f"{lr:.6g}": v for lr, v in t["grid"].items()}
       optimizers[name + suffix] = entry

@@ -87,3 +87,21 @@ def test_bench_malloc_times_the_makefiles_tunables_and_the_system_malloc():
   assert s["system"]["GLIBC_TUNABLES"] == "" and s["system"]["LD_PRELOAD"] == ""
   assert s["tunables"]["GLIBC_TUNABLES"] == bench_malloc.TUNABLES
   assert all(t in ("system", "tunables", "tcmalloc") for t in s)
+
+
+def test_profile_groups_top_level_ops_by_what_their_fusions_compute():
+  from experiments.profile_meta_step import op_categories
+
+  def f(w, x):
+    def body(h, _):
+      g = w @ h
+      return jnp.tanh(g) * 2 + 1, g
+    return jax.lax.scan(body, x, length=3)
+
+  hlo = jax.jit(f).lower(jnp.ones((64, 64)), jnp.ones((64, 128))).compile().as_text()
+  categories = op_categories(hlo)
+  kinds = set(categories.values())
+  assert {"matrix products", "gate nonlinearities (tanh, logistic)",
+          "scan residuals (dynamic slices)"} <= kinds
+  # Ops inside a fusion are timed as the fusion; loops are timed by their bodies' ops.
+  assert not any(name.startswith(("tanh", "while")) for name in categories)

@@ -170,6 +170,24 @@ def test_variants_done_survive_a_failure_in_a_later_one(tmp_path, monkeypatch):
   assert set(partial["variants"]["first"]["optimizers"]) == {"lstm", "sgd"}
 
 
+def test_a_baselines_test_runs_reuse_its_tuning_program():
+  from metaopt.experiment import evaluate_variant
+  from metaopt.unroll import jitted_loss_curves
+
+  fam = QuadraticFamily(dim=3)
+  cfg = ExperimentConfig(
+      name="q", family=fam, lstm=LSTMConfig((4,)), eval_steps=4, baselines=("adam",),
+      train=MetaTrainConfig(truncation=Truncation(horizon=4, unroll_length=2), batch_size=4,
+                            num_meta_steps=2, validation=Validation(every=2, num_problems=2)),
+      variants=(Variant("v", fam, 4, retune=True, reuse_tuned=False),),
+      num_test_problems=5, num_tune_problems=2, lr_grid=(1e-3, 1e-2, 1e-1))
+  jitted_loss_curves.clear_cache()
+  out = evaluate_variant(cfg, cfg.variants[0], {}, {})
+  assert set(out["optimizers"]) == {"adam"}
+  assert len(out["optimizers"]["adam"]["final_losses"]) == 5
+  assert jitted_loss_curves._cache_size() == 1   # grid, extensions and test runs: one program
+
+
 def test_a_variant_tuned_near_another_searches_around_its_rates(tmp_path):
   fam = QuadraticFamily(dim=3)
   short = Variant("short", fam, 4, retune=True, reuse_tuned=False)
