@@ -14,7 +14,7 @@ export QUICK RESUME RULES
 # buffers back to the kernel and every call faults their pages in again (docs/performance.md).
 # Experiments and the bench run with malloc tunables that keep the heaps (two arenas, no
 # trimming), map only buffers of 32 MiB and more, and back both with transparent huge pages:
-# within about a tenth of tcmalloc's speed with no extra package.
+# about 11% behind tcmalloc's speed (make bench-malloc) with no extra package.
 # tcmalloc is preloaded instead when it is installed
 # (apt-get install libtcmalloc-minimal4); MALLOC_LIB= turns that off, MALLOC_TUNABLES= the tunables.
 MALLOC_TUNABLES ?= glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=68719476736:glibc.malloc.top_pad=268435456:glibc.malloc.hugetlb=1

@@ -94,6 +94,12 @@ def lstm_flops_per_coordinate_step(config: LSTMConfig) -> int:
   return flops + 2 * n_in
 
 
+def mnist_problem() -> tuple[MLPFamily, LSTMConfig]:
+  """The bench's MNIST meta-step problem: the paper's base net and its LSTM settings."""
+  return (MLPFamily.from_dataset(metaopt.data.load_dataset("mnist"), init_scale=0.01),
+          LSTMConfig(preprocessing="log_sign", output_scale=0.1))
+
+
 def bench_meta_step(name, family, config, batch_size, unroll, reps, matmul_size) -> dict:
   """Seconds per meta-step, compile time, FLOPs (cost analysis x trip count) and FLOP rate.
 
@@ -232,9 +238,7 @@ def main(argv=None) -> dict:
 
   problems = {"quadratic": (QuadraticFamily(), LSTMConfig(), 128)}
   try:
-    ds = metaopt.data.load_dataset("mnist")
-    mnist = (MLPFamily.from_dataset(ds, init_scale=0.01),
-             LSTMConfig(preprocessing="log_sign", output_scale=0.1))
+    mnist = mnist_problem()
     for b in (int(x) for x in args.mnist_batch_sizes.split(",")):
       problems["mnist" if b == 1 else f"mnist_batch{b}"] = (*mnist, b)
   except Exception as e:  # no data: the MNIST rows are skipped and say why

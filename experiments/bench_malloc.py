@@ -27,14 +27,9 @@ TCMALLOC = "/usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4"
 
 WORKER = """
 import json, resource
-import metaopt.data
-from experiments.bench import bench_meta_step
+from experiments.bench import bench_meta_step, mnist_problem
 from metaopt.evaluate import malloc_description
-from metaopt.networks import LSTMConfig
-from metaopt.problems import MLPFamily
-family = MLPFamily.from_dataset(metaopt.data.load_dataset("mnist"), init_scale=0.01)
-row = bench_meta_step("mnist", family, LSTMConfig(preprocessing="log_sign", output_scale=0.1),
-                      1, 20, {reps}, 2048)
+row = bench_meta_step("mnist", *mnist_problem(), 1, 20, {reps}, 2048)
 print("BENCH-MALLOC " + json.dumps({{"malloc": malloc_description(), "seconds": row["seconds"],
       "fraction_of_matmul": row["fraction_of_matmul"],
       "minor_page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt}}), flush=True)

@@ -20,12 +20,10 @@ import time
 
 import jax
 
-import metaopt.data
+from experiments.bench import mnist_problem
 from metaopt.config import MetaTrainConfig
 from metaopt.evaluate import git_commit, malloc_description
 from metaopt.meta_step import prepare
-from metaopt.networks import LSTMConfig
-from metaopt.problems import MLPFamily
 from metaopt.truncation import Truncation
 
 # Checked in this order: an op is in the first category whose HLO opcodes it contains.
@@ -88,8 +86,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--calls", type=int, default=5)
   parser.add_argument("--out", default="results/bench/profile.json")
   args = parser.parse_args(argv)
-  family = MLPFamily.from_dataset(metaopt.data.load_dataset("mnist"), init_scale=0.01)
-  config = LSTMConfig(preprocessing="log_sign", output_scale=0.1)
+  family, config = mnist_problem()
   cfg = MetaTrainConfig(truncation=Truncation(horizon=100, unroll_length=20), batch_size=1)
   _, _, state, step = prepare(family, config, cfg)
   compiled = step.lower(family, state).compile()
