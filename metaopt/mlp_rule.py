@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from metaopt.distance import init_distance, step_distances, update_distance
 from metaopt.mlp_network import leaf_features, mlp_apply
 
 
@@ -64,6 +65,11 @@ class MLPRuleConfig:
       :math:`-\\hat m / \\sqrt{\\hat v}` at that decay, plus the MLP's output, so the untrained
       rule (small output layer) is Adam with learning rate ``step_mult`` and meta-training
       learns corrections to it and a per-coordinate log-magnitude; None: the MLP's output alone.
+    distance_scope: if set, every step is also multiplied by a distance estimate D grown from
+      the run itself (Prodigy's, :mod:`metaopt.distance`): ``"leaf"``, one D per parameter
+      leaf; ``"tree"``, one for all. Then ``step_mult`` is relative to D (Prodigy's rate 1),
+      and the state holds the starting point and a gradient sum (8 more bytes per parameter).
+    initial_distance: D_0, the distance estimate at the first step.
   """
 
   hidden_sizes: tuple[int, ...] = (16,)
@@ -77,6 +83,8 @@ class MLPRuleConfig:
   time_scales: tuple[float, ...] = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000)
   output_init_scale: float = 0.01
   adam_base_decay: float | None = None
+  distance_scope: str | None = None
+  initial_distance: float = 1e-6
 
   def __post_init__(self):
     for name in ("hidden_sizes", "momentum_decays", "time_scales"):
@@ -94,9 +102,12 @@ class MLPRuleConfig:
       if self.adam_base_decay not in self.momentum_decays:
         raise ValueError(f"MLPRuleConfig.adam_base_decay must be one of momentum_decays "
                          f"{self.momentum_decays}, got {self.adam_base_decay!r}")
+    if self.distance_scope not in (None, "leaf", "tree"):
+      raise ValueError(f"MLPRuleConfig.distance_scope must be None, 'leaf' or 'tree', "
+                       f"got {self.distance_scope!r}")
     if any(t <= 0 for t in self.time_scales):
       raise ValueError(f"MLPRuleConfig.time_scales must be > 0, got {self.time_scales}")
-    for name in ("exp_mult", "step_mult", "eps", "output_init_scale"):
+    for name in ("exp_mult", "step_mult", "eps", "output_init_scale", "initial_distance"):
       value = getattr(self, name)
       if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise ValueError(f"MLPRuleConfig.{name} must be a finite number > 0, got {value!r}")
@@ -114,8 +125,9 @@ class MLPRuleConfig:
 
   @property
   def state_bytes_per_parameter(self) -> int:
-    """f32 bytes of state per coordinate: the momenta and the second moment."""
-    return 4 * (len(self.momentum_decays) + 1)
+    """f32 bytes of state per coordinate: the momenta, the second moment (and with a
+    ``distance_scope``, the starting point and the distance estimator's gradient sum)."""
+    return 4 * (len(self.momentum_decays) + 1 + 2 * (self.distance_scope is not None))
 
   def to_dict(self) -> dict:
     """Plain-JSON form, used in checkpoints (``"rule": "mlp"`` tells it from an LSTM's)."""
@@ -146,7 +158,8 @@ class MLPRuleState(NamedTuple):
   scalar (the leaf's mean square, both) for other leaves: O(rows + cols) per matrix, ``()``
   without factored features. Like ``optax.adafactor``'s ``v_row``/``v_col``,
   ``optax.tree.map_params`` treats them as parameter trees. ``count`` is the number of
-  updates so far (int32 scalar).
+  updates so far (int32 scalar). ``distance`` is the :class:`metaopt.distance.DistanceState`
+  with a ``distance_scope``, else ``()``.
   """
 
   momenta: tuple[Any, ...]
@@ -154,6 +167,7 @@ class MLPRuleState(NamedTuple):
   row: Any
   col: Any
   count: jax.Array
+  distance: Any = ()
 
 
 def init_mlp_state(params: Any, config: MLPRuleConfig) -> MLPRuleState:
@@ -176,8 +190,11 @@ def init_mlp_state(params: Any, config: MLPRuleConfig) -> MLPRuleState:
   if config.factored:
     row = jax.tree.map(lambda p: jnp.zeros(_row_shape(p.shape), jnp.float32), params)
     col = jax.tree.map(lambda p: jnp.zeros(_col_shape(p.shape), jnp.float32), params)
+  distance = ()
+  if config.distance_scope is not None:
+    distance = init_distance(params, config.initial_distance, config.distance_scope)
   return MLPRuleState(tuple(like() for _ in config.momentum_decays), like(), row, col,
-                      jnp.zeros((), jnp.int32))
+                      jnp.zeros((), jnp.int32), distance)
 
 
 def _row_shape(shape) -> tuple[int, ...]:
@@ -260,10 +277,11 @@ def mlp_step(meta_params: Any, config: MLPRuleConfig, grads: Any, state: MLPRule
       raise ValueError(
           f"learned_rule.update: a gradient leaf has shape {tuple(leaf.shape)} but the state "
           f"was made for shape {tuple(s.shape)}")
-  if config.use_params:
+  if config.use_params or config.distance_scope is not None:
     if params is None:
       raise ValueError("learned_rule.update: this MLP rule reads the parameters "
-                       "(MLPRuleConfig.use_params); pass them: update(grads, state, params)")
+                       "(MLPRuleConfig.use_params or distance_scope); pass them: "
+                       "update(grads, state, params)")
     param_leaves = treedef.flatten_up_to(params)
   else:
     param_leaves = [None] * len(leaves)
@@ -271,10 +289,19 @@ def mlp_step(meta_params: Any, config: MLPRuleConfig, grads: Any, state: MLPRule
   momenta = [treedef.flatten_up_to(m) for m in state.momenta]
   rows = treedef.flatten_up_to(state.row) if config.factored else [()] * len(leaves)
   cols = treedef.flatten_up_to(state.col) if config.factored else [()] * len(leaves)
+  distances = [1.0] * len(leaves)
+  if config.distance_scope is not None:
+    distances = step_distances(state.distance, treedef, config.distance_scope)
   updates = []
   for i, g in enumerate(leaves):
+    # With a distance, the statistics weigh each gradient by the D of its step (Prodigy's
+    # choice): the momenta follow the current scale of the run, not its first tiny steps.
+    # (By D / D0: the features are scale-free, and eps stays small next to the gradients.)
+    weighted = g
+    if config.distance_scope is not None:
+      weighted = g * (distances[i] / config.initial_distance)
     x, ms, v[i], rows[i], cols[i] = leaf_features(
-        config, g, param_leaves[i], [m[i] for m in momenta], v[i], rows[i], cols[i], count)
+        config, weighted, param_leaves[i], [m[i] for m in momenta], v[i], rows[i], cols[i], count)
     for m, new in zip(momenta, ms):
       m[i] = new
     if flatten_coordinates:
@@ -282,9 +309,15 @@ def mlp_step(meta_params: Any, config: MLPRuleConfig, grads: Any, state: MLPRule
     d, log_magnitude = mlp_apply(meta_params, config, x, count)
     if config.adam_base_decay is not None:  # feature 1 + k: the k-th momentum over sqrt(v)
       d = d - x[1 + config.momentum_decays.index(config.adam_base_decay)]
-    u = d * jnp.exp(config.exp_mult * log_magnitude) * config.step_mult
+    u = d * jnp.exp(config.exp_mult * log_magnitude) * (config.step_mult * distances[i])
     updates.append(u.reshape(g.shape).astype(g.dtype))
+  distance = state.distance
+  if config.distance_scope is not None:
+    beta1 = config.adam_base_decay or max(config.momentum_decays, default=0.9)
+    distance = update_distance(distance, leaves, param_leaves, treedef, count,
+                               config.initial_distance, beta1, config.second_moment_decay,
+                               config.distance_scope)
   factored = lambda xs: treedef.unflatten(xs) if config.factored else ()
   return treedef.unflatten(updates), MLPRuleState(
       tuple(treedef.unflatten(m) for m in momenta), treedef.unflatten(v), factored(rows),
-      factored(cols), count)
+      factored(cols), count, distance)

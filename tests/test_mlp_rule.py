@@ -26,6 +26,7 @@ CONFIGS = {
     "full": MLPRuleConfig(hidden_sizes=(8,)),
     "plain": MLPRuleConfig(hidden_sizes=(4, 4), momentum_decays=(0.9,), factored=False,
                            use_params=False, time_scales=()),
+    "distance": MLPRuleConfig(hidden_sizes=(4,), adam_base_decay=0.9, distance_scope="leaf"),
 }
 
 
@@ -152,8 +153,9 @@ def test_state_is_at_most_32_bytes_per_parameter(name):
       state, jax.jit(rule.update)(_grads(params), state, params)[1])
   n = 100 * 10 + 17
   factored = 4 * (100 + 10 + 1 + 1) if config.factored else 0   # rows + cols; b: two scalars
+  distance = 4 * 2 * 2 if config.distance_scope == "leaf" else 0   # r and D of each leaf
   total = sum(x.nbytes for x in jax.tree.leaves(state))
-  assert total == config.state_bytes_per_parameter * n + factored + 4   # + the step count
+  assert total == config.state_bytes_per_parameter * n + factored + distance + 4  # + the count
   assert total / n <= 32
   assert MLPRuleConfig().state_bytes_per_parameter == 16
 
