@@ -58,7 +58,8 @@ def init_distance(params: Any, initial: float, scope: str = "leaf") -> DistanceS
   """
   if scope not in ("leaf", "tree"):
     raise ValueError(f"distance scope must be 'leaf' or 'tree', got {scope!r}")
-  f32 = lambda p: jnp.asarray(p, jnp.float32)
+  # A copy: the state must not share the params' buffers (a jitted step may donate either).
+  f32 = lambda p: jnp.array(p, jnp.float32, copy=True)
   scalar = lambda v: jnp.full((), v, jnp.float32)
   per = (lambda v: jax.tree.map(lambda _: scalar(v), params)) if scope == "leaf" else scalar
   return DistanceState(jax.tree.map(f32, params),

@@ -8,6 +8,7 @@ matrix products for the backward pass).
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -192,3 +193,35 @@ def mlp_apply(meta_params: Any, config: MLPRuleConfig, features: jax.Array,
   pre, _ = _mlp_by_dots(layers, features.reshape(features.shape[0], -1))
   d, m = pre[-1].reshape((2,) + features.shape[1:])
   return d, m
+
+
+def init_mlp_meta_params(config: MLPRuleConfig, key: jax.Array) -> dict:
+  """Fresh phi for ``config``: LeCun-normal hidden layers, a small output layer, zero biases.
+
+  Args:
+    config: the rule's configuration.
+    key: a typed PRNG key (``jax.random.key``).
+
+  Returns:
+    ``{"params": {"layer_0": {"kernel": [F, H0], "bias": [H0]}, "time": {"kernel": [T, H0]},
+    ..., "output": {"kernel": [H, 2], "bias": [2]}}}``, shared by every coordinate
+    (output 0: the direction d, output 1: the log-magnitude m).
+
+  Example:
+    >>> phi = init_mlp_meta_params(MLPRuleConfig(), jax.random.key(0))
+    >>> phi["params"]["output"]["kernel"].shape
+    (16, 2)
+  """
+  sizes = (config.num_features, *config.hidden_sizes)
+  keys = jax.random.split(key, len(sizes) + 1)
+  lecun = lambda k, n_in, n_out: jax.random.normal(k, (n_in, n_out)) / math.sqrt(n_in)
+  params = {}
+  for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+    params[f"layer_{i}"] = {"kernel": lecun(keys[i], n_in, n_out),
+                            "bias": jnp.zeros((n_out,), jnp.float32)}
+  if config.hidden_sizes and config.time_scales:
+    params["time"] = {"kernel": lecun(keys[-2], len(config.time_scales), sizes[1])}
+  params["output"] = {
+      "kernel": config.output_init_scale * jax.random.normal(keys[-1], (sizes[-1], 2)),
+      "bias": jnp.zeros((2,), jnp.float32)}
+  return {"params": params}

@@ -10,9 +10,12 @@ log-magnitude ``m``, and the update is
 .. math:: u = d \\cdot \\exp(\\alpha m) \\cdot \\beta.
 
 The MLP runs with the feature axis leading, like :class:`metaopt.networks.CoordinatewiseLSTM`:
-features ``(F,) + s``, hidden units ``(H,) + s``. This module holds the configuration, phi, the
-state and the per-step function; :func:`metaopt.rule.learned_rule` makes it an optax transform.
-It imports nothing from the LSTM modules (``metaopt.networks`` imports it for dispatch).
+features ``(F,) + s``, hidden units ``(H,) + s``. With ``distance_scope`` the step is also
+multiplied by a distance estimate grown from the run (:mod:`metaopt.distance`), so the rule's
+step size needs no tuning. This module holds the configuration, the state and the per-step
+function; :func:`metaopt.rule.learned_rule` makes it an optax transform.
+phi is made by :func:`metaopt.mlp_network.init_mlp_meta_params`. It imports nothing from the
+LSTM modules (``metaopt.networks`` imports it for dispatch).
 
 References:
   Metz et al., "Practical tradeoffs between memory, compute, and performance in learned
@@ -31,7 +34,9 @@ import jax
 import jax.numpy as jnp
 
 from metaopt.distance import init_distance, step_distances, update_distance
-from metaopt.mlp_network import leaf_features, mlp_apply
+from metaopt.mlp_network import init_mlp_meta_params, leaf_features, mlp_apply
+
+__all__ = ["MLPRuleConfig", "MLPRuleState", "init_mlp_meta_params", "init_mlp_state", "mlp_step"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,38 +208,6 @@ def _row_shape(shape) -> tuple[int, ...]:
 
 def _col_shape(shape) -> tuple[int, ...]:
   return tuple(shape[:-2]) + tuple(shape[-1:]) if len(shape) >= 2 else ()
-
-
-def init_mlp_meta_params(config: MLPRuleConfig, key: jax.Array) -> dict:
-  """Fresh phi for ``config``: LeCun-normal hidden layers, a small output layer, zero biases.
-
-  Args:
-    config: the rule's configuration.
-    key: a typed PRNG key (``jax.random.key``).
-
-  Returns:
-    ``{"params": {"layer_0": {"kernel": [F, H0], "bias": [H0]}, "time": {"kernel": [T, H0]},
-    ..., "output": {"kernel": [H, 2], "bias": [2]}}}``, shared by every coordinate
-    (output 0: the direction d, output 1: the log-magnitude m).
-
-  Example:
-    >>> phi = init_mlp_meta_params(MLPRuleConfig(), jax.random.key(0))
-    >>> phi["params"]["output"]["kernel"].shape
-    (16, 2)
-  """
-  sizes = (config.num_features, *config.hidden_sizes)
-  keys = jax.random.split(key, len(sizes) + 1)
-  lecun = lambda k, n_in, n_out: jax.random.normal(k, (n_in, n_out)) / math.sqrt(n_in)
-  params = {}
-  for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
-    params[f"layer_{i}"] = {"kernel": lecun(keys[i], n_in, n_out),
-                            "bias": jnp.zeros((n_out,), jnp.float32)}
-  if config.hidden_sizes and config.time_scales:
-    params["time"] = {"kernel": lecun(keys[-2], len(config.time_scales), sizes[1])}
-  params["output"] = {
-      "kernel": config.output_init_scale * jax.random.normal(keys[-1], (sizes[-1], 2)),
-      "bias": jnp.zeros((2,), jnp.float32)}
-  return {"params": params}
 
 
 def mlp_step(meta_params: Any, config: MLPRuleConfig, grads: Any, state: MLPRuleState,

@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from metaopt import preprocess as preprocess_lib
-from metaopt.mlp_rule import MLPRuleConfig, init_mlp_meta_params
+from metaopt.mlp_network import init_mlp_meta_params
+from metaopt.mlp_rule import MLPRuleConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,7 +260,7 @@ def init_meta_params(config: RuleConfig, key: jax.Array) -> dict:
   Returns:
     A flax parameter dict ``{"params": ...}``, shared by every coordinate; for
     a :class:`GroupedLSTMConfig`, ``{group name: such a dict}``; for an
-    ``MLPRuleConfig``, :func:`metaopt.mlp_rule.init_mlp_meta_params`'s.
+    ``MLPRuleConfig``, :func:`metaopt.mlp_network.init_mlp_meta_params`'s.
 
   Example:
     >>> phi = init_meta_params(LSTMConfig(), jax.random.key(0))

@@ -111,3 +111,10 @@ def test_distance_config_needs_params_and_a_known_scope():
   params = {"w": jnp.ones(3)}
   with pytest.raises(ValueError, match="pass them"):
     rule.update(params, rule.init(params))
+  # The starting point is a copy: a jitted step that donates the state keeps the params valid.
+  state = rule.init(params)
+  assert (state.distance.x0["w"].unsafe_buffer_pointer()
+          != params["w"].unsafe_buffer_pointer())
+  update = jax.jit(rule.update, donate_argnums=1)
+  update(params, state, params)
+  np.testing.assert_array_equal(params["w"], jnp.ones(3))
