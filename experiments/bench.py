@@ -23,7 +23,6 @@ import optax
 
 import metaopt
 from experiments.bench_processes import bench_processes
-from experiments.suite import rule_config as suite_rule_config
 from metaopt.config import MetaTrainConfig
 from metaopt.evaluate import git_commit, malloc_description
 from metaopt.meta_step import prepare
@@ -150,15 +149,14 @@ def mlp_flops_per_coordinate_step(config: MLPRuleConfig) -> int:
   return flops + 2 * n_in * 2
 
 
-# The paper's LSTM and the MLP rule that ``make suite`` meta-trains (with its distance estimate).
-RULES = {"lstm": LSTMConfig(), "mlp": suite_rule_config()}
+RULES = {"lstm": LSTMConfig(), "mlp": MLPRuleConfig()}
 
 
 def bench_rule_step(num_params: int, reps: int, matmul_size: int, rule: str = "lstm") -> dict:
   """One jitted learned-rule update vs optax.adam on ``num_params`` f32 parameters.
 
-  ``rule``: ``"lstm"`` (the paper's, default config) or ``"mlp"`` (the suite's
-  :class:`metaopt.MLPRuleConfig`, :func:`experiments.suite.rule_config`). ``seconds`` /
+  ``rule``: ``"lstm"`` (the paper's, default config) or ``"mlp"`` (the default
+  :class:`metaopt.MLPRuleConfig`). ``seconds`` /
   ``adam_seconds``: the state carried and donated (``donate_argnums``), as a training loop's
   jitted step runs it, so XLA updates it in place; ``adam_ratio`` is their quotient;
   ``*_without_donation``: a fresh state buffer every call (at 10^7 parameters the LSTM's state

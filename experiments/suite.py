@@ -42,16 +42,12 @@ MULTIPLIER_GRID = tuple(10.0 ** (k / 2) for k in range(-2, 3))
 
 
 def rule_config() -> MLPRuleConfig:
-  """The per-parameter MLP rule on an Adam base scaled by a per-leaf distance estimate.
+  """The per-parameter MLP rule on an Adam base: untrained, it is Adam at rate 0.01.
 
-  Untrained, it is Adam whose rate is Prodigy's distance estimate D, one per parameter leaf
-  (:mod:`metaopt.distance`): the step size is found from the run, not tuned, and a joint
-  meta-training problem gives each task's leaves the steps they would get alone. Its time
-  features tanh(t / tau) have tau <= 30, so they saturate within the 100-step meta-training
-  runs: at step 1000 the rule sees the inputs it saw by step 100.
+  Its time features tanh(t / tau) have tau <= 30, so they saturate within the 100-step
+  meta-training runs: at step 1000 the rule sees the inputs it saw by step 100.
   """
-  return MLPRuleConfig(adam_base_decay=0.9, step_mult=1.0, time_scales=(1, 3, 10, 30),
-                       distance_scope="leaf")
+  return MLPRuleConfig(adam_base_decay=0.9, step_mult=0.01, time_scales=(1, 3, 10, 30))
 
 
 def train_config(quick: bool = False) -> MetaTrainConfig:
