@@ -156,12 +156,11 @@ def bench_rule_step(num_params: int, reps: int, matmul_size: int, rule: str = "l
   """One jitted learned-rule update vs optax.adam on ``num_params`` f32 parameters.
 
   ``rule``: ``"lstm"`` (the paper's, default config) or ``"mlp"`` (the default
-  :class:`metaopt.MLPRuleConfig`). ``seconds`` /
-  ``adam_seconds``: the state carried and donated (``donate_argnums``), as a training loop's
-  jitted step runs it, so XLA updates it in place; ``adam_ratio`` is their quotient;
-  ``*_without_donation``: a fresh state buffer every call (at 10^7 parameters the LSTM's state
-  is 3.2 GB). The rule's ``seconds`` alternate with a matmul (``matmul_flop_rate`` of the
-  row). Every update gets the params (the MLP reads them).
+  :class:`metaopt.MLPRuleConfig`). ``seconds`` / ``adam_seconds``: the state carried and
+  donated (``donate_argnums``), as a training loop's jitted step runs it, so XLA updates it in
+  place; ``adam_ratio`` is their quotient; ``*_without_donation``: a fresh state buffer every
+  call (at 10^7 parameters the LSTM's state is 3.2 GB). The rule's ``seconds`` alternate with
+  a matmul (``matmul_flop_rate`` of the row). Every update gets the params (the MLP reads them).
   """
   config = RULES[rule]
   phi = metaopt.init_meta_params(config, jax.random.key(0))

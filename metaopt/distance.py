@@ -30,9 +30,9 @@ import jax.numpy as jnp
 
 
 class DistanceState(NamedTuple):
-  """Per-leaf lists (flattened in the params' leaf order; one entry for ``scope="tree"`` in
-  ``numerator`` and ``distance``): the starting point ``x0``, the weighted gradient sum
-  ``s``, the weighted numerator ``r`` and the current estimate ``D``."""
+  """Trees shaped like the params: the starting point ``x0`` and the weighted gradient sum
+  ``s``; one scalar per leaf (a single scalar for ``scope="tree"``): the weighted numerator
+  ``r`` and the current estimate ``D``."""
 
   x0: Any
   s: Any

@@ -286,7 +286,8 @@ def mlp_step(meta_params: Any, config: MLPRuleConfig, grads: Any, state: MLPRule
     updates.append(u.reshape(g.shape).astype(g.dtype))
   distance = state.distance
   if config.distance_scope is not None:
-    beta1 = config.adam_base_decay or max(config.momentum_decays, default=0.9)
+    beta1 = (config.adam_base_decay if config.adam_base_decay is not None
+             else max(config.momentum_decays, default=0.9))
     distance = update_distance(distance, leaves, param_leaves, treedef, count,
                                config.initial_distance, beta1, config.second_moment_decay,
                                config.distance_scope)
