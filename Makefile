@@ -12,14 +12,20 @@ export METAOPT_DATA_DIR
 export QUICK RESUME RULES
 # XLA:CPU allocates fresh buffers on every call. The C library's malloc hands large freed
 # buffers back to the kernel and every call faults their pages in again (docs/performance.md).
-# Experiments and the bench run with malloc tunables that keep the heaps (two arenas, no
-# trimming), map only buffers of 32 MiB and more, and back both with transparent huge pages:
-# about 11% behind tcmalloc's speed (make bench-malloc) with no extra package.
-# tcmalloc is preloaded instead when it is installed
-# (apt-get install libtcmalloc-minimal4); MALLOC_LIB= turns that off, MALLOC_TUNABLES= the tunables.
+# Experiments and the bench preload tcmalloc, which keeps them: the system's when installed
+# (apt-get install libtcmalloc-minimal4), else Debian's package fetched once, without root,
+# into .cache/malloc (apt-get download + dpkg-deb -x). Where neither is possible they run with
+# malloc tunables that keep the heaps (two arenas, no trimming), map only buffers of 32 MiB and
+# more, and back both with transparent huge pages: about 11% behind tcmalloc (make bench-malloc).
+# MALLOC_LIB= turns tcmalloc off, MALLOC_TUNABLES= the tunables.
+MALLOC_DIR := .cache/malloc
+MALLOC_FETCHED := $(MALLOC_DIR)/.fetched
+SYSTEM_TCMALLOC = $(firstword $(wildcard /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4))
 MALLOC_TUNABLES ?= glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=68719476736:glibc.malloc.top_pad=268435456:glibc.malloc.hugetlb=1
-MALLOC_LIB ?= $(firstword $(wildcard /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4))
-RUN := $(if $(MALLOC_TUNABLES),GLIBC_TUNABLES=$(MALLOC_TUNABLES) )$(if $(MALLOC_LIB),LD_PRELOAD=$(MALLOC_LIB) TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD=1099511627776 )$(PY)
+MALLOC_LIB ?= $(firstword $(SYSTEM_TCMALLOC) $(wildcard $(MALLOC_DIR)/usr/lib/*/libtcmalloc_minimal.so.4))
+# Expanded when a recipe runs, after $(MALLOC_FETCHED) is made.
+RUN = $(if $(MALLOC_LIB),LD_PRELOAD=$(abspath $(MALLOC_LIB)) TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD=1099511627776 ,$(if $(MALLOC_TUNABLES),GLIBC_TUNABLES=$(MALLOC_TUNABLES) ))$(PY)
+DEPS := $(STAMP) $(MALLOC_FETCHED)
 
 .PHONY: install test lint docs quadratic mnist mnist-long cifar art generalize generalize-ablation suite bench bench-malloc profile clean
 
@@ -32,6 +38,17 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# tcmalloc for the experiments and the bench when the system has none (see above); a failed
+# download only prints a note.
+$(MALLOC_FETCHED):
+	mkdir -p $(MALLOC_DIR)
+	@if [ -z "$(SYSTEM_TCMALLOC)" ]; then \
+	  ( cd $(MALLOC_DIR) && rm -f *.deb && apt-get download -q libtcmalloc-minimal4 >/dev/null 2>&1 \
+	    && dpkg-deb -x libtcmalloc-minimal4_*.deb . && rm -f *.deb ) \
+	  || echo "note: could not fetch libtcmalloc-minimal4; running with MALLOC_TUNABLES instead"; \
+	fi
+	touch $@
+
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --durations=10 tests
 
@@ -43,39 +60,39 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(PY) -m experiments.report
 
-quadratic: $(STAMP)
+quadratic: $(DEPS)
 	$(RUN) -m experiments.quadratic
 
-mnist: $(STAMP)
+mnist: $(DEPS)
 	$(RUN) -m experiments.mnist
 
-mnist-long: $(STAMP)
+mnist-long: $(DEPS)
 	$(RUN) -m experiments.mnist_long
 
-cifar: $(STAMP)
+cifar: $(DEPS)
 	$(RUN) -m experiments.cifar
 
-art: $(STAMP)
+art: $(DEPS)
 	$(RUN) -m experiments.art
 
-generalize: $(STAMP)
+generalize: $(DEPS)
 	$(RUN) -m experiments.generalize
 
-generalize-ablation: $(STAMP)
+generalize-ablation: $(DEPS)
 	$(RUN) -m experiments.generalize_ablation
 
-suite: $(STAMP)
+suite: $(DEPS)
 	$(RUN) -m experiments.suite
 
-bench: $(STAMP)
+bench: $(DEPS)
 	$(RUN) -m experiments.bench
 
 # Where the MNIST meta-step's time goes, per kind of XLA op: results/bench/profile.json.
-profile: $(STAMP)
+profile: $(DEPS)
 	$(RUN) -m experiments.profile_meta_step
 
 # The MNIST meta-step under system malloc, MALLOC_TUNABLES and tcmalloc, alternating processes.
-bench-malloc: $(STAMP)
+bench-malloc: $(DEPS)
 	$(PY) -m experiments.bench_malloc
 
 clean:

@@ -1,9 +1,10 @@
 """``make bench-malloc``: the MNIST meta-step under each allocator, in alternating processes.
 
 Each round starts one process per setting (system malloc, the Makefile's malloc tunables,
-tcmalloc when installed) that times ``make bench``'s MNIST meta-step row (median of 21 calls
-alternated with a matmul) and counts its minor page faults; settings alternate within a
-round so that all see the same machine. Writes ``results/bench/malloc.json``.
+tcmalloc when installed or fetched by the Makefile) that times ``make bench``'s MNIST
+meta-step row (median of 21 calls alternated with a matmul) and counts its minor page faults;
+settings alternate within a round so that all see the same machine. Writes
+``results/bench/malloc.json``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from metaopt.evaluate import git_commit
 TUNABLES = ("glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=33554432:"
             "glibc.malloc.trim_threshold=68719476736:glibc.malloc.top_pad=268435456:"
             "glibc.malloc.hugetlb=1")
-TCMALLOC = "/usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4"
+# The system's tcmalloc, else the one the Makefile fetches into .cache/malloc.
+TCMALLOC = ("/usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4",
+            ".cache/malloc/usr/lib/*/libtcmalloc_minimal.so.4")
 
 WORKER = """
 import json, resource
@@ -40,9 +43,9 @@ def settings() -> dict[str, dict[str, str]]:
   """Environment overrides per allocator setting (tcmalloc only when installed)."""
   base = {"GLIBC_TUNABLES": "", "LD_PRELOAD": ""}
   out = {"system": base, "tunables": {**base, "GLIBC_TUNABLES": TUNABLES}}
-  found = sorted(glob.glob(TCMALLOC))
+  found = [path for pattern in TCMALLOC for path in sorted(glob.glob(pattern))]
   if found:
-    out["tcmalloc"] = {**base, "LD_PRELOAD": found[0],
+    out["tcmalloc"] = {**base, "LD_PRELOAD": os.path.abspath(found[0]),
                        "TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(2 ** 40)}
   return out
 
