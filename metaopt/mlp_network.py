@@ -181,7 +181,8 @@ def mlp_apply(meta_params: Any, config: MLPRuleConfig, features: jax.Array,
     count: t, for the time features.
 
   Returns:
-    ``(d, m)``: the direction and the log-magnitude per coordinate.
+    ``(d, m)``: the direction and the log-magnitude per coordinate (m at most
+    ``config.max_log_magnitude`` when that is set).
 
   Example:
     >>> phi = init_mlp_meta_params(MLPRuleConfig(), jax.random.key(0))
@@ -189,9 +190,12 @@ def mlp_apply(meta_params: Any, config: MLPRuleConfig, features: jax.Array,
   """
   layers = _dense_layers(meta_params, config, count)
   if config.num_weights <= FUSED_MAX_WEIGHTS:
-    return _mlp(layers, features)
-  pre, _ = _mlp_by_dots(layers, features.reshape(features.shape[0], -1))
-  d, m = pre[-1].reshape((2,) + features.shape[1:])
+    d, m = _mlp(layers, features)
+  else:
+    pre, _ = _mlp_by_dots(layers, features.reshape(features.shape[0], -1))
+    d, m = pre[-1].reshape((2,) + features.shape[1:])
+  if config.max_log_magnitude is not None:
+    m = jnp.minimum(m, config.max_log_magnitude)
   return d, m
 
 

@@ -75,6 +75,8 @@ class MLPRuleConfig:
       leaf; ``"tree"``, one for all. Then ``step_mult`` is relative to D (Prodigy's rate 1),
       and the state holds the starting point and a gradient sum (8 more bytes per parameter).
     initial_distance: D_0, the distance estimate at the first step.
+    max_log_magnitude: if set, m is clipped to at most this value (0: the MLP can only shrink
+      the base step, so with ``distance_scope`` a learned magnitude cannot enlarge D).
   """
 
   hidden_sizes: tuple[int, ...] = (16,)
@@ -90,6 +92,7 @@ class MLPRuleConfig:
   adam_base_decay: float | None = None
   distance_scope: str | None = None
   initial_distance: float = 1e-6
+  max_log_magnitude: float | None = None
 
   def __post_init__(self):
     for name in ("hidden_sizes", "momentum_decays", "time_scales"):
@@ -110,6 +113,9 @@ class MLPRuleConfig:
     if self.distance_scope not in (None, "leaf", "tree"):
       raise ValueError(f"MLPRuleConfig.distance_scope must be None, 'leaf' or 'tree', "
                        f"got {self.distance_scope!r}")
+    if self.max_log_magnitude is not None and not math.isfinite(self.max_log_magnitude):
+      raise ValueError(f"MLPRuleConfig.max_log_magnitude must be finite or None, got "
+                       f"{self.max_log_magnitude!r}")
     if any(t <= 0 for t in self.time_scales):
       raise ValueError(f"MLPRuleConfig.time_scales must be > 0, got {self.time_scales}")
     for name in ("exp_mult", "step_mult", "eps", "output_init_scale", "initial_distance"):
