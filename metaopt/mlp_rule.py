@@ -13,9 +13,8 @@ The MLP runs with the feature axis leading, like :class:`metaopt.networks.Coordi
 features ``(F,) + s``, hidden units ``(H,) + s``. With ``distance_scope`` the step is also
 multiplied by a distance estimate grown from the run (:mod:`metaopt.distance`), so the rule's
 step size needs no tuning. This module holds the configuration, the state and the per-step
-function; :func:`metaopt.rule.learned_rule` makes it an optax transform.
-phi is made by :func:`metaopt.mlp_network.init_mlp_meta_params`. It imports nothing from the
-LSTM modules (``metaopt.networks`` imports it for dispatch).
+function; :func:`metaopt.rule.learned_rule` makes it an optax transform and
+:func:`metaopt.mlp_network.init_mlp_meta_params` makes phi (no LSTM module is imported).
 
 References:
   Metz et al., "Practical tradeoffs between memory, compute, and performance in learned
@@ -113,9 +112,8 @@ class MLPRuleConfig:
     if self.distance_scope not in (None, "leaf", "tree"):
       raise ValueError(f"MLPRuleConfig.distance_scope must be None, 'leaf' or 'tree', "
                        f"got {self.distance_scope!r}")
-    if self.max_log_magnitude is not None and not math.isfinite(self.max_log_magnitude):
-      raise ValueError(f"MLPRuleConfig.max_log_magnitude must be finite or None, got "
-                       f"{self.max_log_magnitude!r}")
+    if not math.isfinite(bound := self.max_log_magnitude or 0.0):
+      raise ValueError(f"MLPRuleConfig.max_log_magnitude must be finite or None, got {bound!r}")
     if any(t <= 0 for t in self.time_scales):
       raise ValueError(f"MLPRuleConfig.time_scales must be > 0, got {self.time_scales}")
     for name in ("exp_mult", "step_mult", "eps", "output_init_scale", "initial_distance"):
@@ -201,9 +199,8 @@ def init_mlp_state(params: Any, config: MLPRuleConfig) -> MLPRuleState:
   if config.factored:
     row = jax.tree.map(lambda p: jnp.zeros(_row_shape(p.shape), jnp.float32), params)
     col = jax.tree.map(lambda p: jnp.zeros(_col_shape(p.shape), jnp.float32), params)
-  distance = ()
-  if config.distance_scope is not None:
-    distance = init_distance(params, config.initial_distance, config.distance_scope)
+  distance = (() if config.distance_scope is None
+              else init_distance(params, config.initial_distance, config.distance_scope))
   return MLPRuleState(tuple(like() for _ in config.momentum_decays), like(), row, col,
                       jnp.zeros((), jnp.int32), distance)
 
