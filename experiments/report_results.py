@@ -232,8 +232,8 @@ def results_table(root: pathlib.Path, summaries: dict[str, pathlib.Path]) -> str
 
 
 def wall_times_block(summaries: dict[str, pathlib.Path]) -> str:
-  """Measured meta-training and evaluation time of every make-target run (reruns and seeds
-  included), from its summary."""
+  """Measured meta-training and evaluation time of every make-target run (reruns, seeds and
+  trials included; "partial" when its summary has a ``partial_note``), from its summary."""
   lines = ["| command | results | meta-training | evaluation | total | commit "
            "| machine, allocator |",
            "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -244,7 +244,8 @@ def wall_times_block(summaries: dict[str, pathlib.Path]) -> str:
     train = s["meta_train_seconds"] + sum(e.get("meta_train_seconds", 0)
                                           for e in (s.get("extra_rules") or {}).values())
     lines.append("| " + " | ".join([
-        f"`{MAKE_TARGETS[s['experiment']]}`", f"`{key}`", _seconds(train),
+        f"`{MAKE_TARGETS[s['experiment']]}`" + (" (partial)" if s.get("partial_note") else ""),
+        f"`{key}`", _seconds(train),
         _seconds(s["eval_seconds"]), _seconds(train + s["eval_seconds"]),
         f"`{s['commit'][:7]}`",
         f"{s.get('device_kind') or s.get('device', '?')}, "
