@@ -182,18 +182,30 @@ def mlp_apply(meta_params: Any, config: MLPRuleConfig, features: jax.Array,
 
   Returns:
     ``(d, m)``: the direction and the log-magnitude per coordinate (m at most
-    ``config.max_log_magnitude`` when that is set).
+    ``config.max_log_magnitude`` when that is set). With ``config.odd_direction``,
+    :math:`d = (f_d(x) - f_d(\tilde x)) / 2` and :math:`m = (f_m(x) + f_m(\tilde x)) / 2`,
+    where :math:`\tilde x` is x with the gradient features negated: d is odd and m even in the
+    gradient, so a zero gradient history gives d = 0.
 
   Example:
     >>> phi = init_mlp_meta_params(MLPRuleConfig(), jax.random.key(0))
     >>> d, m = mlp_apply(phi, MLPRuleConfig(), jnp.zeros((6, 3)), jnp.int32(1))
   """
   layers = _dense_layers(meta_params, config, count)
-  if config.num_weights <= FUSED_MAX_WEIGHTS:
-    d, m = _mlp(layers, features)
-  else:
-    pre, _ = _mlp_by_dots(layers, features.reshape(features.shape[0], -1))
-    d, m = pre[-1].reshape((2,) + features.shape[1:])
+
+  def apply(x):
+    if config.num_weights <= FUSED_MAX_WEIGHTS:
+      return _mlp(layers, x)
+    pre, _ = _mlp_by_dots(layers, x.reshape(x.shape[0], -1))
+    return tuple(pre[-1].reshape((2,) + x.shape[1:]))
+
+  d, m = apply(features)
+  if config.odd_direction:
+    # Every feature but the parameter's changes sign with the gradient.
+    flip = jnp.asarray([-1.0] * (config.num_features - config.use_params)
+                       + [1.0] * config.use_params, jnp.float32)
+    d_flipped, m_flipped = apply(features * flip.reshape((-1,) + (1,) * (features.ndim - 1)))
+    d, m = (d - d_flipped) / 2, (m + m_flipped) / 2
   if config.max_log_magnitude is not None:
     m = jnp.minimum(m, config.max_log_magnitude)
   return d, m

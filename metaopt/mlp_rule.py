@@ -76,6 +76,7 @@ class MLPRuleConfig:
     initial_distance: D_0, the distance estimate at the first step.
     max_log_magnitude: if set, m is clipped to at most this value (0: the MLP can only shrink
       the base step, so with ``distance_scope`` a learned magnitude cannot enlarge D).
+    odd_direction: d odd and m even in the gradient (``mlp_apply``): no gradient, no step.
   """
 
   hidden_sizes: tuple[int, ...] = (16,)
@@ -92,6 +93,7 @@ class MLPRuleConfig:
   distance_scope: str | None = None
   initial_distance: float = 1e-6
   max_log_magnitude: float | None = None
+  odd_direction: bool = False
 
   def __post_init__(self):
     for name in ("hidden_sizes", "momentum_decays", "time_scales"):
@@ -194,11 +196,9 @@ def init_mlp_state(params: Any, config: MLPRuleConfig) -> MLPRuleState:
     >>> s.momenta[0]["w"].shape, s.row["w"].shape, s.col["w"].shape
     ((2, 3), (2,), (3,))
   """
-  like = lambda: jax.tree.map(lambda p: jnp.zeros(tuple(p.shape), jnp.float32), params)
-  row = col = ()
-  if config.factored:
-    row = jax.tree.map(lambda p: jnp.zeros(_row_shape(p.shape), jnp.float32), params)
-    col = jax.tree.map(lambda p: jnp.zeros(_col_shape(p.shape), jnp.float32), params)
+  zeros = lambda shape: jax.tree.map(lambda p: jnp.zeros(shape(p.shape), jnp.float32), params)
+  like = lambda: zeros(tuple)
+  row, col = (zeros(_row_shape), zeros(_col_shape)) if config.factored else ((), ())
   distance = (() if config.distance_scope is None
               else init_distance(params, config.initial_distance, config.distance_scope))
   return MLPRuleState(tuple(like() for _ in config.momentum_decays), like(), row, col,

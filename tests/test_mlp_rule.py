@@ -250,6 +250,27 @@ def test_the_step_size_spans_orders_of_magnitude_with_the_log_magnitude_output()
     MLPRuleConfig(max_log_magnitude=float("inf"))
 
 
+def test_an_odd_direction_negates_the_update_with_the_gradient_and_stops_without_one():
+  # A trained MLP may step where no gradient points (its biases); odd_direction cannot.
+  free = MLPRuleConfig(hidden_sizes=(8,), adam_base_decay=0.9, distance_scope="leaf")
+  odd = dataclasses.replace(free, odd_direction=True)
+  phi = _phi(free)
+  phi["params"]["output"]["bias"] = jnp.array([0.5, 0.3])
+  params = _params()
+  grads = _grads(params)
+  for config, is_odd in ((free, False), (odd, True)):
+    rule = learned_rule(phi, config)
+    step = jax.jit(rule.update)
+    u, _ = step(grads, rule.init(params), params)
+    u_neg, _ = step(jax.tree.map(jnp.negative, grads), rule.init(params), params)
+    u_zero, _ = step(jax.tree.map(jnp.zeros_like, grads), rule.init(params), params)
+    gap = float(optax.tree.norm(jax.tree.map(jnp.add, u, u_neg)))
+    if is_odd:
+      assert gap <= 1e-6 * float(optax.tree.norm(u)) and float(optax.tree.norm(u_zero)) == 0
+    else:
+      assert gap > 1e-3 * float(optax.tree.norm(u)) and float(optax.tree.norm(u_zero)) > 0
+
+
 def test_untrained_rule_takes_small_steps():
   config = MLPRuleConfig()
   rule = learned_rule(metaopt.init_meta_params(config, jax.random.key(0)), config)
