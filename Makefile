@@ -16,7 +16,8 @@ export QUICK RESUME RULES
 # (apt-get install libtcmalloc-minimal4), else Debian's package fetched once, without root,
 # into .cache/malloc (apt-get download + dpkg-deb -x). Where neither is possible they run with
 # malloc tunables that keep the heaps (two arenas, no trimming), map only buffers of 32 MiB and
-# more, and back both with transparent huge pages: about 11% behind tcmalloc (make bench-malloc).
+# more, and back both with transparent huge pages: level with tcmalloc on an AVX2 CPU, 11%
+# behind on an AVX-512 one (make bench-malloc, docs/performance.md).
 # MALLOC_LIB= turns tcmalloc off, MALLOC_TUNABLES= the tunables.
 MALLOC_DIR := .cache/malloc
 MALLOC_FETCHED := $(MALLOC_DIR)/.fetched

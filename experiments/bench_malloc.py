@@ -40,7 +40,7 @@ print("BENCH-MALLOC " + json.dumps({{"malloc": malloc_description(), "seconds": 
 
 
 def settings() -> dict[str, dict[str, str]]:
-  """Environment overrides per allocator setting (tcmalloc only when installed)."""
+  """Environment overrides per allocator setting (tcmalloc only when installed or fetched)."""
   base = {"GLIBC_TUNABLES": "", "LD_PRELOAD": ""}
   out = {"system": base, "tunables": {**base, "GLIBC_TUNABLES": TUNABLES}}
   found = [path for pattern in TCMALLOC for path in sorted(glob.glob(pattern))]
