@@ -21,6 +21,8 @@ and everything outside the blocks is hand-written prose. Names:
 - ``trials:KEY``: the table of ``results/KEY/trials.json``;
 - ``suite:KEY`` (docs/suite.md): the task-suite scores and per-task table of
   ``results/KEY/summary.json`` (it stands for that summary's experiment block);
+- ``suite-trials:KEY,KEY,...`` (docs/suite.md): one row per suite run, its held-out task types'
+  lower-mean counts against tuned Adam, untuned and with the multiplier tuned per task;
 - ``bench:FILE:TABLE`` (docs/performance.md): ``meta-step``, ``rule-step``, ``memory`` or
   ``malloc`` or ``profile`` of ``results/bench/FILE``;
 - ``wall-times`` (docs/performance.md): every make target's measured meta-training and
@@ -47,7 +49,7 @@ from experiments.report_results import (
   trials_block,
   wall_times_block,
 )
-from experiments.report_suite import suite_block
+from experiments.report_suite import suite_block, trials_table
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TARGETS = ("README.md", "docs/results.md", "docs/performance.md", "docs/suite.md")
@@ -74,6 +76,11 @@ def render(root: pathlib.Path = ROOT) -> dict[str, str]:
         raise ReportError(f"block {name}: no results/{arg}/summary.json")
       seen.add(arg)
       body = suite_block(arg, summaries[arg], root)
+    elif kind == "suite-trials":
+      missing = [k for k in arg.split(",") if k not in summaries]
+      if missing:
+        raise ReportError(f"block {name}: no results/{missing[0]}/summary.json")
+      body = trials_table(arg.split(","), summaries)
     elif kind == "wall-times":
       body = wall_times_block(summaries)
     elif kind == "compare":

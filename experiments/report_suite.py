@@ -2,7 +2,9 @@
 
 For :mod:`experiments.report`: the block ``suite:KEY`` (docs/suite.md) holds the scores per
 group of tasks (win / tie / loss against tuned Adam, normalized-loss IQMs with their bootstrap
-intervals, divergences) and one row per task and horizon.
+intervals, divergences) and one row per task and horizon; ``suite-trials:KEY,KEY,...`` holds one
+row per run, the held-out task types' counts of the rule (untuned and with its multiplier tuned
+per task) against tuned Adam.
 """
 
 from __future__ import annotations
@@ -78,6 +80,38 @@ def _rule_step_ratio(root: pathlib.Path) -> str | None:
     return None
   return ", ".join(f"{r['adam_ratio']:.1f}× Adam's time at {r['num_params']:.0e} parameters"
                    for r in rows)
+
+
+def _lower_mean_count(variants: dict, horizon: int, rule: str) -> str:
+  """'k of n': held-out-type tasks at this horizon where `rule`'s mean final loss is below Adam's.
+
+  A non-finite mean (stored as None) counts as a loss.
+  """
+  def final(o: dict) -> float:
+    value = o["final_loss_mean"]
+    return float("inf") if value is None else value
+
+  pairs = [(final(v["optimizers"][rule]), final(v["optimizers"][REFERENCE]))
+           for v in variants.values()
+           if v.get("suite_split") == "held_out_type" and v["horizon_multiple"] == horizon
+           and rule in v["optimizers"] and REFERENCE in v["optimizers"]]
+  return f"{sum(r < a for r, a in pairs)} of {len(pairs)}"
+
+
+def trials_table(keys: list[str], summaries: dict) -> str:
+  """One row per suite run: its validation, and held-out types' lower-mean counts against Adam."""
+  header = ["run", "validation (first → best)",
+            *[f"`{r}` < Adam @{h}x" for h in (1, 10) for r in COLUMNS[:2]], "diverged @10x"]
+  lines = ["| " + " | ".join(header) + " |", "| --- " * len(header) + "|"]
+  for key in keys:
+    s = _load(summaries[key])
+    losses = s["meta_train_history"]["valid_loss"]
+    diverged = (s.get("suite_scores") or {}).get("held-out-type@10x", {}).get("diverged", [])
+    cells = [f"`results/{key}`", f"{losses[0]:.3f} → {min(losses):.3f}",
+             *[_lower_mean_count(s["variants"], h, r) for h in (1, 10) for r in COLUMNS[:2]],
+             str(len(diverged))]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
 
 
 def suite_block(key: str, path: pathlib.Path, root: pathlib.Path) -> str:

@@ -3,7 +3,7 @@
 import pathlib
 import re
 
-from experiments import report
+from experiments import report, report_suite
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
@@ -41,6 +41,20 @@ def test_check_mode_names_a_stale_file(tmp_path, capsys):
   finally:
     report.ROOT = saved
   assert "README.md" in capsys.readouterr().err
+
+
+def test_suite_trials_count_only_held_out_types_and_treat_a_nan_as_a_loss():
+  def variant(split, horizon, learned, adam):
+    final = lambda x: {"final_loss_mean": x}
+    return {"suite_split": split, "horizon_multiple": horizon,
+            "optimizers": {"learned": final(learned), "adam": final(adam)}}
+
+  held_out = "held_out_type"
+  variants = {"a": variant(held_out, 1, 0.1, 0.2), "b": variant(held_out, 1, None, 0.2),
+              "c": variant("meta_train", 1, 0.1, 0.2), "d": variant(held_out, 10, 0.1, 0.2),
+              "e": variant(held_out, 1, 0.3, 0.2)}
+  assert report_suite._lower_mean_count(variants, 1, "learned") == "1 of 3"
+  assert report_suite._lower_mean_count(variants, 10, "learned") == "1 of 1"
 
 
 def test_readme_is_at_most_250_lines():
