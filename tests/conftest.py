@@ -1,10 +1,22 @@
 """Shared fixtures: tiny problem families and a fresh phi."""
 
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 from typing import NamedTuple
 
-import jax
+# One persistent compilation cache for the test session, shared by the pytest workers and by the
+# subprocesses that tests start (they inherit the environment): a program that several of them
+# compile is compiled once. The process that creates the folder removes it at exit.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _CACHE = tempfile.mkdtemp(prefix="metaopt-tests-jax-cache-")
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+import jax  # after the cache settings, which JAX reads at import
 import jax.numpy as jnp
 import pytest
 from flax import struct

@@ -91,9 +91,10 @@ def test_sigkill_at_random_points_then_resume_gives_the_identical_phi(tmp_path):
 
 def test_sigterm_writes_a_checkpoint_before_exit(tmp_path):
   ckpt = tmp_path / "ckpt"
-  proc = _start(ckpt, tmp_path / "phi.msgpack", every=10_000)
+  endless = dataclasses.replace(TRAIN, num_meta_steps=10 ** 6)  # still running when signalled
+  proc = _start(ckpt, tmp_path / "phi.msgpack", every=10 ** 7, train=endless)
   assert proc.stdout.readline().strip() == "started"
-  time.sleep(4.0)  # let it compile and take some meta-steps
+  time.sleep(6.0)  # let it compile and take some meta-steps
   proc.send_signal(signal.SIGTERM)
   proc.wait(timeout=120)
   assert proc.returncode == 128 + signal.SIGTERM, proc.stderr.read()
