@@ -66,15 +66,15 @@ WORKER = SETUP + textwrap.dedent("""
 """)
 
 
-# The runs of this module share compiled programs (JAX's persistent compilation cache).
-CACHE = {"JAX_COMPILATION_CACHE_DIR": None, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+# The runs share compiled programs through the session's compilation cache (conftest.py), here
+# every program however fast it compiles.
+CACHE = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
 def _env(**extra):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  cache = {k: v for k, v in CACHE.items() if CACHE["JAX_COMPILATION_CACHE_DIR"]}
-  return dict(env, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), **cache, **extra)
+  return dict(env, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), **CACHE, **extra)
 
 
 def _flat(tree):
@@ -85,7 +85,6 @@ def _flat(tree):
 def work(tmp_path_factory):
   path = tmp_path_factory.mktemp("distributed")
   (path / "worker.py").write_text(WORKER)
-  CACHE["JAX_COMPILATION_CACHE_DIR"] = str(path / "jax_cache")
   return path
 
 
